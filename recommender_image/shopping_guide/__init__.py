@@ -1,0 +1,1 @@
+"""Shopping Guide recommender: trainer and HTTP server."""

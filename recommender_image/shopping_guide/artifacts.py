@@ -1,0 +1,204 @@
+"""The model store: versioned artifact directories, written atomically, verified on load.
+
+Layout: `<store>/<version>/` holds one `.npy` per array (loaded with allow_pickle=False) and
+`manifest.json` with the sha256, size, shape and dtype of each. A version is assembled in a
+hidden `.incoming-*` directory and renamed into place, so a reader sees all of it or nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import ArtifactError
+from .model import Model
+
+MANIFEST = "manifest.json"
+ARTIFACT_SCHEMA = 1
+_INCOMING = ".incoming-"
+_STALE_SECONDS = 3600
+
+
+@dataclass
+class LoadedModel:
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+    model: Model
+    user_ids: npt.NDArray[np.str_]
+    item_ids: npt.NDArray[np.str_]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def new_version(now: datetime | None = None) -> str:
+    """Sortable by time, unique by a random suffix, valid as a Kubernetes label value."""
+    now = now or datetime.now(UTC)
+    return f"v{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+class ModelStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def versions(self) -> list[str]:
+        """Complete versions, oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = [
+            entry.name
+            for entry in self.root.iterdir()
+            if entry.is_dir() and not entry.name.startswith(".") and (entry / MANIFEST).is_file()
+        ]
+        return sorted(found)
+
+    def write(
+        self,
+        model: Model,
+        user_ids: npt.NDArray[np.str_],
+        item_ids: npt.NDArray[np.str_],
+        meta: Mapping[str, Any],
+        version: str | None = None,
+    ) -> tuple[str, Path]:
+        """Write a new version atomically; returns its name and final path."""
+        version = version or new_version()
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / version
+        if final.exists():
+            raise ArtifactError(f"version {version} already exists in {self.root}")
+        incoming = self.root / f"{_INCOMING}{version}-{os.getpid()}"
+        incoming.mkdir()
+        try:
+            arrays = {**model.arrays(), "user_ids": user_ids, "item_ids": item_ids}
+            files: dict[str, Any] = {}
+            for name, array in arrays.items():
+                target = incoming / f"{name}.npy"
+                with target.open("wb") as handle:
+                    np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                files[target.name] = {
+                    "sha256": _sha256(target),
+                    "bytes": target.stat().st_size,
+                    "shape": list(array.shape),
+                    "dtype": np.asarray(array).dtype.str,
+                }
+            manifest = {
+                "schema": ARTIFACT_SCHEMA,
+                **meta,
+                "version": version,
+                "algorithm": model.algorithm,
+                "params": model.params,
+                "avg_len": model.avg_len,
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "counts": {
+                    "users": model.n_users,
+                    "items": model.n_items,
+                    "interactions": int(model.user_items.nnz),
+                },
+                "files": files,
+            }
+            with (incoming / MANIFEST).open("w") as handle:
+                json.dump(manifest, handle, indent=2, sort_keys=True)
+                handle.flush()
+                os.fsync(handle.fileno())
+            _fsync_dir(incoming)
+            incoming.rename(final)
+            _fsync_dir(self.root)
+        except BaseException:
+            shutil.rmtree(incoming, ignore_errors=True)
+            raise
+        return version, final
+
+    def manifest(self, version: str) -> dict[str, Any]:
+        path = self.root / version / MANIFEST
+        try:
+            document = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ArtifactError(f"model version {version} not found in {self.root}") from exc
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ArtifactError(f"{path}: unreadable manifest: {exc}") from exc
+        if not isinstance(document, dict) or document.get("schema") != ARTIFACT_SCHEMA:
+            raise ArtifactError(f"{path}: not a schema {ARTIFACT_SCHEMA} manifest")
+        return document
+
+    def load(self, version: str, verify: bool = True) -> LoadedModel:
+        """Load and check a version: sizes, checksums, shapes, dtypes, finiteness."""
+        manifest = self.manifest(version)
+        directory = self.root / version
+        arrays: dict[str, npt.NDArray[Any]] = {}
+        for filename, expected in manifest.get("files", {}).items():
+            path = directory / filename
+            where = f"{version}/{filename}"
+            if not path.is_file():
+                raise ArtifactError(f"{where} is missing")
+            size = path.stat().st_size
+            if size != expected["bytes"]:
+                raise ArtifactError(f"{where} is {size} bytes, manifest says {expected['bytes']}")
+            if verify and _sha256(path) != expected["sha256"]:
+                raise ArtifactError(f"{where} does not match its sha256 (corrupt)")
+            try:
+                array = np.load(path, allow_pickle=False)
+            except (ValueError, OSError) as exc:
+                raise ArtifactError(f"{where} is not a readable array: {exc}") from exc
+            if list(array.shape) != expected["shape"] or array.dtype.str != expected["dtype"]:
+                raise ArtifactError(
+                    f"{where} is {array.dtype.str}{list(array.shape)}, manifest says "
+                    f"{expected['dtype']}{expected['shape']}"
+                )
+            arrays[filename.removesuffix(".npy")] = array
+        for required in ("user_ids", "item_ids"):
+            if required not in arrays:
+                raise ArtifactError(f"{version} lacks {required}.npy")
+        model = Model.from_arrays(
+            manifest["algorithm"], manifest.get("params", {}), arrays, manifest.get("avg_len")
+        )
+        if model.user_items.shape != (len(arrays["user_ids"]), len(arrays["item_ids"])):
+            raise ArtifactError(f"{version}: id maps do not match the interaction matrix")
+        return LoadedModel(
+            version, directory, manifest, model, arrays["user_ids"], arrays["item_ids"]
+        )
+
+    def prune(self, keep: int, protect: Iterable[str] = ()) -> list[str]:
+        """Remove all but the newest `keep` versions and the protected ones; returns removed."""
+        if keep < 1:
+            raise ArtifactError("keep must be at least 1")
+        protected = set(protect)
+        versions = self.versions()
+        removable = [v for v in versions[:-keep] if v not in protected]
+        for version in removable:
+            # Rename first so a reader never opens a half-deleted version.
+            doomed = self.root / f"{_INCOMING}deleting-{version}"
+            (self.root / version).rename(doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+        now = time.time()
+        for entry in self.root.glob(f"{_INCOMING}*"):
+            if now - entry.stat().st_mtime > _STALE_SECONDS:
+                shutil.rmtree(entry, ignore_errors=True)
+        return removable

@@ -1,0 +1,186 @@
+"""`shopping-guide`: the recommender image's command line (train; serve)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from shopping_guide_contracts import training_result
+
+from .algorithms import ALGORITHMS
+from .errors import ConfigError, ShoppingGuideError
+from .events import FORMATS, EventSchema
+from .interactions import SCALES
+from .splits import SPLITS
+from .training import TrainConfig, train
+
+log = logging.getLogger("shopping_guide")
+
+
+def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for raw in values:
+        for item in raw.split(","):
+            if not item.strip():
+                continue
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"{what} must look like KEY=VALUE, got {item!r}")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _event_weights(values: Sequence[str]) -> dict[str, float]:
+    weights: dict[str, float] = {}
+    for name, raw in _pairs(values, "--event-weight").items():
+        try:
+            weights[name] = float(raw)
+        except ValueError as exc:
+            raise ConfigError(f"event weight for {name!r} must be a number, got {raw!r}") from exc
+    return weights
+
+
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("train", help="train, evaluate and store a model version")
+    data = p.add_argument_group("events")
+    data.add_argument("--events", type=Path, required=True, help="CSV/TSV/JSONL/Parquet file")
+    data.add_argument("--format", choices=FORMATS, help="default: from the file name")
+    data.add_argument("--user-col", default="user_id")
+    data.add_argument("--item-col", default="item_id")
+    data.add_argument("--event-col", help="event type column (needs --event-weight)")
+    data.add_argument("--weight-col", help="weight or quantity column, multiplies event weights")
+    data.add_argument("--time-col", help="timestamp column (time split, time decay)")
+    data.add_argument("--time-format", help="strptime format when timestamps are not ISO 8601")
+    data.add_argument(
+        "--event-weight",
+        action="append",
+        default=[],
+        metavar="TYPE=W",
+        help="weight per event type, e.g. view=1,cart=4,purchase=10 (repeatable)",
+    )
+    data.add_argument(
+        "--on-invalid",
+        choices=("error", "skip"),
+        default="error",
+        help="skip: drop invalid rows and count them (default: stop at the first)",
+    )
+    data.add_argument("--exclude-items", default="", help="comma-separated item ids to ignore")
+    data.add_argument(
+        "--min-user-items", type=int, default=1, help="drop users with fewer distinct items"
+    )
+    data.add_argument("--half-life-days", type=float, help="exponential time decay of weights")
+    data.add_argument(
+        "--scale", choices=SCALES, default="raw", help="transform of each user x item sum"
+    )
+    model = p.add_argument_group("model")
+    model.add_argument("--model-store", type=Path, required=True)
+    model.add_argument("--algorithm", choices=list(ALGORITHMS), default="als")
+    model.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    model.add_argument("--tune", action="store_true", help="hyperparameter search first")
+    model.add_argument("--tune-method", choices=("random", "grid"), default="random")
+    model.add_argument("--tune-budget", type=float, default=600.0, metavar="SECONDS")
+    model.add_argument("--tune-trials", type=int, default=30)
+    model.add_argument(
+        "--refit",
+        action="store_true",
+        help="serve a model refitted on all events (metrics stay the holdout's)",
+    )
+    ev = p.add_argument_group("evaluation")
+    ev.add_argument("--split", choices=SPLITS, default="random")
+    ev.add_argument("--test-fraction", type=float, default=0.2)
+    ev.add_argument("--k", type=int, default=10)
+    ev.add_argument("--metric", default=None, help="metric the search optimises (ndcg@K)")
+    ev.add_argument(
+        "--eval-users",
+        type=int,
+        default=10_000,
+        help="evaluate on at most this many users (seeded sample)",
+    )
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--champion", help="stored version to score on the same holdout")
+    store = p.add_argument_group("model store")
+    store.add_argument("--keep", type=int, default=5, help="versions to keep")
+    store.add_argument("--protect", action="append", default=[], help="version never pruned")
+    p.add_argument(
+        "--termination-log",
+        type=Path,
+        help="also write the result there (Kubernetes termination message)",
+    )
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    schema = EventSchema(
+        user_col=args.user_col,
+        item_col=args.item_col,
+        event_col=args.event_col,
+        weight_col=args.weight_col,
+        time_col=args.time_col,
+        event_weights=_event_weights(args.event_weight),
+        time_format=args.time_format,
+    )
+    config = TrainConfig(
+        events=args.events,
+        model_store=args.model_store,
+        schema=schema,
+        format=args.format,
+        on_invalid=args.on_invalid,
+        exclude_items=[i.strip() for i in args.exclude_items.split(",") if i.strip()],
+        min_user_items=args.min_user_items,
+        half_life_days=args.half_life_days,
+        scale=args.scale,
+        algorithm=args.algorithm,
+        params=dict(_pairs(args.param, "--param")),
+        split=args.split,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        k=args.k,
+        metric=args.metric or f"ndcg@{args.k}",
+        eval_users=args.eval_users,
+        tune=args.tune,
+        tune_method=args.tune_method,
+        tune_budget_seconds=args.tune_budget,
+        tune_trials=args.tune_trials,
+        champion=args.champion,
+        keep=args.keep,
+        protect=args.protect,
+        refit=args.refit,
+    )
+    result = train(config)
+    print(json.dumps(result, sort_keys=True))
+    if args.termination_log:
+        args.termination_log.write_text(training_result.encode_termination_message(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shopping-guide", description=__doc__)
+    parser.add_argument("--log-level", default="WARNING")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")
+    try:
+        return int(args.handler(args))
+    except (ShoppingGuideError, OSError) as exc:
+        reason = str(exc).replace("\n", " ")
+        print(f"shopping-guide {args.command}: {reason}", file=sys.stderr)
+        log_path = getattr(args, "termination_log", None)
+        if log_path:
+            with contextlib.suppress(OSError):
+                Path(log_path).write_text(training_result.encode_failure(reason))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""A trained model: the arrays an artifact stores, and scoring with them.
+
+Scoring is plain numpy/scipy over the stored arrays (factor dot products or history x item
+similarity), so evaluation and serving score exactly what was saved, batch by batch, with
+bounded memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from .errors import ArtifactError
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+# Scores held at once while ranking: bounds memory whatever the catalogue size.
+_BLOCK_CELLS = 1 << 23
+
+
+def item_weighting(
+    matrix: sp.csr_matrix, kind: str, idf: FloatArray | None = None, avg_len: float | None = None
+) -> tuple[sp.csr_matrix, FloatArray | None, float | None]:
+    """BM25 or TF-IDF re-weighting of user x item confidences.
+
+    Item idf and the mean history length come from the training matrix and are stored, so a
+    user folded in at serving time is weighted exactly as during training.
+    """
+    if kind == "none":
+        return matrix, None, None
+    coo = matrix.tocoo()
+    n_users = max(matrix.shape[0], 1)
+    if idf is None:
+        idf = (np.log(n_users) - np.log1p(np.bincount(coo.col, minlength=matrix.shape[1]))).astype(
+            np.float32
+        )
+    data = coo.data.astype(np.float32)
+    if kind == "tfidf":
+        weighted = np.sqrt(data) * idf[coo.col]
+    else:
+        k1, b = 100.0, 0.8
+        lengths = np.bincount(coo.row, minlength=matrix.shape[0]).astype(np.float32)
+        if avg_len is None:
+            avg_len = float(lengths.mean()) if len(lengths) else 1.0
+        norm = (1.0 - b) + b * lengths / max(avg_len, 1e-9)
+        weighted = data * (k1 + 1.0) / (k1 * norm[coo.row] + data) * idf[coo.col]
+    out = sp.csr_matrix((weighted.astype(np.float32), (coo.row, coo.col)), shape=matrix.shape)
+    return out, idf, avg_len
+
+
+@dataclass
+class Model:
+    """Either factors (ALS, BPR) or an item x item similarity (item-KNN), plus what any model
+    needs to serve: the training history and item popularity."""
+
+    algorithm: str
+    params: dict[str, Any]
+    user_items: sp.csr_matrix
+    user_factors: FloatArray | None = None
+    item_factors: FloatArray | None = None
+    similarity: sp.csr_matrix | None = None
+    idf: FloatArray | None = None
+    avg_len: float | None = None
+    popularity: FloatArray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.user_items = self.user_items.tocsr()
+        counts = np.diff(self.user_items.tocsc().indptr).astype(np.float32)
+        self.popularity = counts
+
+    # Construction -----------------------------------------------------------------------
+    @classmethod
+    def from_factors(
+        cls,
+        algorithm: str,
+        params: Mapping[str, Any],
+        user_factors: Any,
+        item_factors: Any,
+        user_items: sp.csr_matrix,
+        idf: FloatArray | None = None,
+        avg_len: float | None = None,
+    ) -> Model:
+        return cls(
+            algorithm,
+            dict(params),
+            user_items,
+            user_factors=np.ascontiguousarray(user_factors, dtype=np.float32),
+            item_factors=np.ascontiguousarray(item_factors, dtype=np.float32),
+            idf=idf,
+            avg_len=avg_len,
+        )
+
+    @classmethod
+    def from_similarity(
+        cls,
+        algorithm: str,
+        params: Mapping[str, Any],
+        similarity: sp.spmatrix,
+        user_items: sp.csr_matrix,
+    ) -> Model:
+        return cls(algorithm, dict(params), user_items, similarity=sp.csr_matrix(similarity))
+
+    @classmethod
+    def popularity_baseline(cls, user_items: sp.csr_matrix) -> Model:
+        return cls("popularity", {}, user_items)
+
+    @property
+    def n_users(self) -> int:
+        return int(self.user_items.shape[0])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.user_items.shape[1])
+
+    # Persistence ------------------------------------------------------------------------
+    def arrays(self) -> dict[str, npt.NDArray[Any]]:
+        out: dict[str, npt.NDArray[Any]] = {}
+        _put_sparse(out, "user_items", self.user_items)
+        out["popularity"] = self.popularity
+        if self.user_factors is not None and self.item_factors is not None:
+            out["user_factors"] = self.user_factors
+            out["item_factors"] = self.item_factors
+        if self.similarity is not None:
+            _put_sparse(out, "similarity", self.similarity)
+        if self.idf is not None:
+            out["idf"] = self.idf
+        return out
+
+    @classmethod
+    def from_arrays(
+        cls,
+        algorithm: str,
+        params: dict[str, Any],
+        arrays: Mapping[str, npt.NDArray[Any]],
+        avg_len: float | None = None,
+    ) -> Model:
+        user_items = _get_sparse(arrays, "user_items")
+        model = cls(
+            algorithm,
+            params,
+            user_items,
+            user_factors=arrays.get("user_factors"),
+            item_factors=arrays.get("item_factors"),
+            similarity=_get_sparse(arrays, "similarity") if "similarity_data" in arrays else None,
+            idf=arrays.get("idf"),
+            avg_len=avg_len,
+        )
+        model.check()
+        return model
+
+    def check(self) -> None:
+        """Shapes agree and every value is finite; raises ArtifactError otherwise."""
+        n_users, n_items = self.user_items.shape
+        if self.algorithm in ("als", "bpr"):
+            if self.user_factors is None or self.item_factors is None:
+                raise ArtifactError(f"{self.algorithm} model lacks its factors")
+            if self.user_factors.shape[0] != n_users or self.item_factors.shape[0] != n_items:
+                raise ArtifactError(
+                    f"factor shapes {self.user_factors.shape} / {self.item_factors.shape} do not "
+                    f"match {n_users} users x {n_items} items"
+                )
+            if self.user_factors.shape[1] != self.item_factors.shape[1]:
+                raise ArtifactError("user and item factors differ in width")
+            for name, values in (("user", self.user_factors), ("item", self.item_factors)):
+                if not np.isfinite(values).all():
+                    raise ArtifactError(f"{name} factors hold non-finite values")
+        if self.algorithm == "itemknn":
+            if self.similarity is None or self.similarity.shape != (n_items, n_items):
+                raise ArtifactError(f"similarity must be {n_items} x {n_items}")
+            if not np.isfinite(self.similarity.data).all():
+                raise ArtifactError("similarity holds non-finite values")
+
+    # Scoring ----------------------------------------------------------------------------
+    def fold_in(self, history: sp.csr_matrix) -> FloatArray:
+        """User factors computed from item histories alone (ALS's exact least squares)."""
+        if self.algorithm != "als" or self.item_factors is None:
+            raise ArtifactError(f"{self.algorithm} cannot fold in new users")
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        weighted, _, _ = item_weighting(
+            history.astype(np.float32), self.params.get("weighting", "none"), self.idf, self.avg_len
+        )
+        als = AlternatingLeastSquares(
+            factors=self.item_factors.shape[1],
+            regularization=float(self.params["regularization"]),
+            alpha=float(self.params["alpha"]),
+        )
+        als.item_factors = self.item_factors
+        users = np.arange(history.shape[0])
+        return np.asarray(als.recalculate_user(users, weighted.tocsr()), dtype=np.float32)
+
+    def score(
+        self,
+        users: IntArray | None,
+        history: sp.csr_matrix,
+        user_vectors: FloatArray | None = None,
+    ) -> FloatArray:
+        """Dense scores for a block of users: rows of `history` align with `users`."""
+        if self.similarity is not None:
+            return np.asarray((history @ self.similarity).toarray(), dtype=np.float32)
+        if self.item_factors is not None:
+            if user_vectors is None:
+                assert self.user_factors is not None and users is not None
+                user_vectors = self.user_factors[users]
+            return np.asarray(user_vectors @ self.item_factors.T, dtype=np.float32)
+        return np.broadcast_to(self.popularity, (history.shape[0], self.n_items)).copy()
+
+    def recommend(
+        self,
+        users: IntArray | None,
+        history: sp.csr_matrix,
+        k: int,
+        *,
+        exclude_seen: bool = True,
+        fold_in: bool = False,
+    ) -> tuple[IntArray, FloatArray]:
+        """Top-k item indices (-1 where fewer exist) and scores, for many users at once.
+
+        `users` index the model's own users; pass None with `fold_in` (ALS) or for
+        history-based models to score users the model has never seen.
+        """
+        n = history.shape[0]
+        ids = np.full((n, k), -1, dtype=np.int64)
+        scores = np.full((n, k), -np.inf, dtype=np.float32)
+        vectors = self.fold_in(history) if fold_in else None
+        block = max(1, _BLOCK_CELLS // max(self.n_items, 1))
+        for start in range(0, n, block):
+            stop = min(start + block, n)
+            rows = history[start:stop]
+            block_users = None if users is None else users[start:stop]
+            block_vectors = None if vectors is None else vectors[start:stop]
+            dense = self.score(block_users, rows, block_vectors)
+            if exclude_seen:
+                r, c = rows.nonzero()
+                dense[r, c] = -np.inf
+            top, top_scores = top_k(dense, k)
+            ids[start:stop, : top.shape[1]] = top
+            scores[start:stop, : top.shape[1]] = top_scores
+        return ids, scores
+
+
+def top_k(dense: FloatArray, k: int) -> tuple[IntArray, FloatArray]:
+    """Row-wise top k by score, best first; excluded (-inf) cells come back as -1."""
+    k = min(k, dense.shape[1])
+    if k == 0:
+        return np.empty((dense.shape[0], 0), np.int64), np.empty((dense.shape[0], 0), np.float32)
+    part = np.argpartition(-dense, k - 1, axis=1)[:, :k]
+    part_scores = np.take_along_axis(dense, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    ids = np.take_along_axis(part, order, axis=1).astype(np.int64)
+    scores = np.take_along_axis(part_scores, order, axis=1)
+    ids[~np.isfinite(scores)] = -1
+    return ids, scores
+
+
+def _put_sparse(out: dict[str, npt.NDArray[Any]], name: str, matrix: sp.spmatrix) -> None:
+    csr = sp.csr_matrix(matrix)
+    out[f"{name}_data"] = csr.data
+    out[f"{name}_indices"] = csr.indices
+    out[f"{name}_indptr"] = csr.indptr
+    out[f"{name}_shape"] = np.asarray(csr.shape, dtype=np.int64)
+
+
+def _get_sparse(arrays: Mapping[str, npt.NDArray[Any]], name: str) -> sp.csr_matrix:
+    try:
+        shape = tuple(int(x) for x in arrays[f"{name}_shape"])
+        matrix = sp.csr_matrix(
+            (arrays[f"{name}_data"], arrays[f"{name}_indices"], arrays[f"{name}_indptr"]),
+            shape=shape,
+        )
+        matrix.check_format(full_check=True)
+    except KeyError as exc:
+        raise ArtifactError(f"artifact lacks {exc.args[0]}") from exc
+    except ValueError as exc:
+        raise ArtifactError(f"{name} is not a valid sparse matrix: {exc}") from exc
+    return matrix

@@ -1,0 +1,193 @@
+"""One training run: events in, an evaluated, versioned artifact and a result document out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shopping_guide_contracts import training_result
+
+from .algorithms import Value, fit, resolve_params
+from .artifacts import ModelStore
+from .errors import ArtifactError, ConfigError
+from .evaluation import evaluate, evaluate_champion, sample_users
+from .events import EventSchema, Format, InvalidPolicy, load_events
+from .interactions import Scale, build_interactions
+from .model import Model
+from .splits import SplitKind, split
+from .tuning import Method, search
+
+
+@dataclass
+class TrainConfig:
+    events: Path
+    model_store: Path
+    schema: EventSchema = field(default_factory=EventSchema)
+    format: Format | None = None
+    on_invalid: InvalidPolicy = "error"
+    exclude_items: Sequence[str] = ()
+    min_user_items: int = 1
+    half_life_days: float | None = None
+    scale: Scale = "raw"
+    algorithm: str = "als"
+    params: dict[str, Value] = field(default_factory=dict)
+    split: SplitKind = "random"
+    test_fraction: float = 0.2
+    seed: int = 0
+    k: int = 10
+    metric: str = "ndcg@10"
+    eval_users: int | None = 10_000
+    tune: bool = False
+    tune_method: Method = "random"
+    tune_budget_seconds: float = 600.0
+    tune_trials: int = 30
+    champion: str | None = None
+    keep: int = 5
+    protect: Sequence[str] = ()
+    refit: bool = False
+
+
+def _rounded(metrics: dict[str, float]) -> dict[str, float]:
+    return {name: round(value, 6) for name, value in metrics.items()}
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run the whole pipeline; raises ShoppingGuideError subclasses on bad input."""
+    if config.k < 1:
+        raise ConfigError("k must be at least 1")
+    if config.metric not in training_result.metric_keys(config.k):
+        raise ConfigError(
+            f"metric must be one of {', '.join(training_result.metric_keys(config.k))}"
+        )
+    # Validate parameters before reading a large file.
+    params = resolve_params(config.algorithm, config.params)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def lap(name: str, since: float) -> float:
+        now = time.perf_counter()
+        timings[name] = round(now - since, 3)
+        return now
+
+    events = load_events(config.events, config.schema, config.format, config.on_invalid)
+    mark = lap("load", started)
+    data = build_interactions(
+        events,
+        exclude_items=config.exclude_items,
+        min_user_items=config.min_user_items,
+        half_life_days=config.half_life_days,
+        scale=config.scale,
+    )
+    mark = lap("aggregate", mark)
+    holdout = split(data, config.split, config.test_fraction, config.seed)
+    users = sample_users(holdout, config.eval_users, config.seed)
+    mark = lap("split", mark)
+
+    tuning: dict[str, Any] | None = None
+    if config.tune:
+        found = search(
+            config.algorithm,
+            config.params,
+            holdout.train,
+            split_kind=config.split,
+            fraction=config.test_fraction,
+            metric=config.metric,
+            k=config.k,
+            seed=config.seed,
+            budget_seconds=config.tune_budget_seconds,
+            max_trials=config.tune_trials,
+            method=config.tune_method,
+            max_users=config.eval_users,
+        )
+        params = found.best
+        tuning = {
+            "method": config.tune_method,
+            "trials": len(found.trials),
+            "stopped_by_budget": found.stopped_by_budget,
+            "best_validation": round(found.best_score, 6),
+        }
+        mark = lap("tune", mark)
+
+    model = fit(config.algorithm, params, holdout.train.matrix, config.seed)
+    mark = lap("fit", mark)
+    metrics = evaluate(model, holdout, users, config.k)
+    popularity = evaluate(Model.popularity_baseline(holdout.train.matrix), holdout, users, config.k)
+    mark = lap("evaluate", mark)
+
+    store = ModelStore(config.model_store)
+    champion: dict[str, Any] | None = None
+    champion_error: str | None = None
+    if config.champion:
+        try:
+            loaded = store.load(config.champion)
+            champion = {
+                "version": config.champion,
+                "metrics": _rounded(
+                    evaluate_champion(loaded, holdout.train, holdout, users, config.k)
+                ),
+            }
+        except ArtifactError as exc:
+            # A broken champion must not block a good challenger; the gate sees the reason.
+            champion_error = str(exc)
+        mark = lap("champion", mark)
+
+    served, served_data = model, holdout.train
+    if config.refit:
+        served, served_data = fit(config.algorithm, params, data.matrix, config.seed), data
+        mark = lap("refit", mark)
+
+    data_summary = {
+        "users": data.shape[0],
+        "items": data.shape[1],
+        "interactions": data.nnz,
+        "rows": events.rows_read,
+        "skipped_rows": sum(events.skipped.values()),
+        "skipped_by_reason": dict(events.skipped.most_common(5)),
+        "filtered_rows": events.filtered,
+        "fingerprint": data.fingerprint(),
+    }
+    evaluation = {
+        "split": config.split,
+        "test_fraction": config.test_fraction,
+        "seed": config.seed,
+        "k": config.k,
+        "users": len(users),
+    }
+    version, path = store.write(
+        served,
+        served_data.user_ids,
+        served_data.item_ids,
+        {
+            "metrics": _rounded(metrics),
+            "baseline": {"popularity": _rounded(popularity)},
+            "data": {**data_summary, "source": str(config.events)},
+            "evaluation": evaluation,
+            "refit": config.refit,
+        },
+    )
+    store.prune(config.keep, {*config.protect, *([config.champion] if config.champion else [])})
+    lap("write", mark)
+    timings["total"] = round(time.perf_counter() - started, 3)
+
+    result: dict[str, Any] = {
+        "schema": training_result.SCHEMA_VERSION,
+        "version": version,
+        "artifact": str(path),
+        "algorithm": config.algorithm,
+        "params": params,
+        "metrics": _rounded(metrics),
+        "baseline": {"popularity": _rounded(popularity)},
+        "data": data_summary,
+        "evaluation": evaluation,
+        "timings": timings,
+    }
+    if champion is not None:
+        result["champion"] = champion
+    if champion_error is not None:
+        result["champion_error"] = champion_error
+    if tuning is not None:
+        result["tuning"] = tuning
+    return training_result.validate(result)
