@@ -7,6 +7,7 @@ command line, the hyperparameter search and (through the CRD) the operator agree
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -124,7 +125,9 @@ def fit(algorithm: str, params: Mapping[str, Value], user_items: sp.csr_matrix, 
     resolved = resolve_params(algorithm, params)
     matrix = user_items.astype(np.float32)
     # implicit parallelises itself; a multi-threaded BLAS underneath only oversubscribes.
-    with threadpool_limits(1, "blas"):
+    # Its item-KNN converts its own COO intermediate and warns about it: not ours to act on.
+    with threadpool_limits(1, "blas"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Method expects CSR input")
         if algorithm == "als":
             from implicit.cpu.als import AlternatingLeastSquares
 

@@ -68,15 +68,18 @@ class ModelStore:
         self.root = Path(root)
 
     def versions(self) -> list[str]:
-        """Complete versions, oldest first."""
+        """Complete versions, oldest first (by creation time; names share a second)."""
         if not self.root.is_dir():
             return []
-        found = [
-            entry.name
-            for entry in self.root.iterdir()
-            if entry.is_dir() and not entry.name.startswith(".") and (entry / MANIFEST).is_file()
-        ]
-        return sorted(found)
+        found: list[tuple[str, str]] = []
+        for entry in self.root.iterdir():
+            if entry.is_dir() and not entry.name.startswith(".") and (entry / MANIFEST).is_file():
+                try:
+                    created = str(json.loads((entry / MANIFEST).read_text()).get("created_at", ""))
+                except (OSError, ValueError):
+                    created = ""
+                found.append((created, entry.name))
+        return [name for _, name in sorted(found)]
 
     def write(
         self,
@@ -116,7 +119,7 @@ class ModelStore:
                 "algorithm": model.algorithm,
                 "params": model.params,
                 "avg_len": model.avg_len,
-                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
                 "counts": {
                     "users": model.n_users,
                     "items": model.n_items,

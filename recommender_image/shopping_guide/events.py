@@ -10,6 +10,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import zlib
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -120,11 +121,14 @@ def read_table(
     if not path.exists():
         raise DataError("file not found", path)
     columns = schema.columns()
-    if fmt == "parquet":
-        return _read_parquet(path, columns), 0
-    if fmt == "jsonl":
-        return _read_jsonl(path, columns), 0
-    return _read_delimited(path, columns, "\t" if fmt == "tsv" else ",", policy)
+    try:
+        if fmt == "parquet":
+            return _read_parquet(path, columns), 0
+        if fmt == "jsonl":
+            return _read_jsonl(path, columns), 0
+        return _read_delimited(path, columns, "\t" if fmt == "tsv" else ",", policy)
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
+        raise DataError(f"cannot decompress or read: {exc}", path) from exc
 
 
 def _check_columns(path: Path, wanted: list[str], present: list[str]) -> None:
@@ -179,8 +183,6 @@ def _read_delimited(
             )
     except pa.ArrowInvalid as exc:
         raise DataError(f"cannot parse: {exc}", path) from exc
-    except (OSError, EOFError, lzma.LZMAError) as exc:
-        raise DataError(f"cannot decompress or read: {exc}", path) from exc
     return table, len(malformed)
 
 

@@ -19,8 +19,6 @@ from .errors import ArtifactError
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
-# Scores held at once while ranking: bounds memory whatever the catalogue size.
-_BLOCK_CELLS = 1 << 23
 
 
 def item_weighting(
@@ -222,39 +220,72 @@ class Model:
         """Top-k item indices (-1 where fewer exist) and scores, for many users at once.
 
         `users` index the model's own users; pass None with `fold_in` (ALS) or for
-        history-based models to score users the model has never seen.
+        history-based models to score users the model has never seen. Ranking runs in
+        implicit's native top-k (batched BLAS and a heap, no dense score matrix).
         """
+        from implicit.cpu.topk import topk
+
+        history = sp.csr_matrix(history, dtype=np.float32)
+        n, k = history.shape[0], min(k, self.n_items)
+        if self.similarity is not None:
+            return self._recommend_by_similarity(history, k, exclude_seen)
+        if self.item_factors is not None:
+            if fold_in:
+                vectors = self.fold_in(history)
+            else:
+                assert self.user_factors is not None and users is not None
+                vectors = self.user_factors[users]
+            items = self.item_factors
+        else:
+            vectors = np.ones((n, 1), dtype=np.float32)
+            items = self.popularity.reshape(-1, 1)
+        ids, scores = topk(
+            items,
+            np.ascontiguousarray(vectors, dtype=np.float32),
+            k,
+            filter_query_items=history if exclude_seen else None,
+        )
+        return _mark_missing(ids, scores)
+
+    def _recommend_by_similarity(
+        self, history: sp.csr_matrix, k: int, exclude_seen: bool
+    ) -> tuple[IntArray, FloatArray]:
+        from implicit._nearest_neighbours import NearestNeighboursScorer
+
+        assert self.similarity is not None
+        scorer = NearestNeighboursScorer(self.similarity)
         n = history.shape[0]
         ids = np.full((n, k), -1, dtype=np.int64)
         scores = np.full((n, k), -np.inf, dtype=np.float32)
-        vectors = self.fold_in(history) if fold_in else None
-        block = max(1, _BLOCK_CELLS // max(self.n_items, 1))
-        for start in range(0, n, block):
-            stop = min(start + block, n)
-            rows = history[start:stop]
-            block_users = None if users is None else users[start:stop]
-            block_vectors = None if vectors is None else vectors[start:stop]
-            dense = self.score(block_users, rows, block_vectors)
+        indptr, indices, data = history.indptr, history.indices, history.data
+        for row in range(n):
+            lo, hi = indptr[row], indptr[row + 1]
+            if lo == hi:
+                continue
+            got_ids, got_scores = scorer.recommend(
+                np.array([0, hi - lo], dtype=indptr.dtype),
+                indices[lo:hi],
+                data[lo:hi],
+                K=k + (hi - lo if exclude_seen else 0),
+                remove_own_likes=exclude_seen,
+            )
+            # The scorer pads short lists with zero-scored items, seen ones included.
+            keep = got_scores > 0
             if exclude_seen:
-                r, c = rows.nonzero()
-                dense[r, c] = -np.inf
-            top, top_scores = top_k(dense, k)
-            ids[start:stop, : top.shape[1]] = top
-            scores[start:stop, : top.shape[1]] = top_scores
+                keep &= ~np.isin(got_ids, indices[lo:hi])
+            got_ids, got_scores = got_ids[keep][:k], got_scores[keep][:k]
+            ids[row, : len(got_ids)] = got_ids
+            scores[row, : len(got_ids)] = got_scores
         return ids, scores
 
 
-def top_k(dense: FloatArray, k: int) -> tuple[IntArray, FloatArray]:
-    """Row-wise top k by score, best first; excluded (-inf) cells come back as -1."""
-    k = min(k, dense.shape[1])
-    if k == 0:
-        return np.empty((dense.shape[0], 0), np.int64), np.empty((dense.shape[0], 0), np.float32)
-    part = np.argpartition(-dense, k - 1, axis=1)[:, :k]
-    part_scores = np.take_along_axis(dense, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    ids = np.take_along_axis(part, order, axis=1).astype(np.int64)
-    scores = np.take_along_axis(part_scores, order, axis=1)
-    ids[~np.isfinite(scores)] = -1
+def _mark_missing(ids: Any, scores: Any) -> tuple[IntArray, FloatArray]:
+    """implicit marks filtered slots with the lowest float; we use -1 and -inf."""
+    ids = np.asarray(ids, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float32)
+    missing = scores <= np.finfo(np.float32).min / 2
+    ids[missing] = -1
+    scores[missing] = -np.inf
     return ids, scores
 
 

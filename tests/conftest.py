@@ -1,0 +1,44 @@
+"""Shared fixtures: small synthetic event files with a known structure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ONLINE_RETAIL = REPO.parent / "shared" / "datasets" / "online-retail" / "online_retail.csv.xz"
+
+
+@pytest.fixture
+def write_file(tmp_path: Path) -> Callable[[str, str], Path]:
+    def write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def two_taste_rows(users_per_group: int = 30, items_per_group: int = 12) -> list[tuple[str, str]]:
+    """Two groups of users with disjoint tastes: group A buys items a0.., group B items b0...
+
+    Each user buys all but one item of their group (a different one per user), so the right
+    recommendation for everyone is an item of their own group.
+    """
+    rows = []
+    for group in ("a", "b"):
+        for u in range(users_per_group):
+            for i in range(items_per_group):
+                if i != u % items_per_group:
+                    rows.append((f"{group}-user-{u}", f"{group}{i}"))
+    return rows
+
+
+@pytest.fixture
+def two_taste_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "events.csv"
+    lines = ["user_id,item_id"] + [f"{u},{i}" for u, i in two_taste_rows()]
+    path.write_text("\n".join(lines) + "\n")
+    return path

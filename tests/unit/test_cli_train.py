@@ -1,0 +1,182 @@
+"""`shopping-guide train` end to end: one JSON document out, clean failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from shopping_guide.artifacts import ModelStore
+from shopping_guide.cli import main
+from shopping_guide_contracts import training_result
+
+
+def run(args: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "shopping_guide.cli", "train", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=300,
+    )
+
+
+def test_train_prints_one_result_and_writes_the_termination_log(
+    two_taste_csv: Path, tmp_path: Path
+) -> None:
+    store, log = tmp_path / "models", tmp_path / "termination-log"
+    done = run(
+        [
+            "--events",
+            str(two_taste_csv),
+            "--model-store",
+            str(store),
+            "--algorithm",
+            "als",
+            "--param",
+            "factors=4",
+            "--param",
+            "regularization=0.1",
+            "--termination-log",
+            str(log),
+        ]
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    training_result.validate(result)
+    assert set(result["metrics"]) == {"precision@10", "recall@10", "ndcg@10", "map@10", "coverage"}
+    assert result["metrics"]["ndcg@10"] > result["baseline"]["popularity"]["ndcg@10"]
+    assert result["data"] | {"users": 60, "items": 24, "skipped_rows": 0} == result["data"]
+    assert Path(result["artifact"]).is_dir()
+    assert ModelStore(store).versions() == [result["version"]]
+    message = log.read_text()
+    assert len(message.encode()) <= training_result.TERMINATION_MESSAGE_LIMIT
+    assert training_result.decode(message)["version"] == result["version"]
+
+
+def test_failure_exits_non_zero_with_one_line_and_no_artifact(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,item_id,w\nu,i,1\nv,j,lots\n")
+    store, log = tmp_path / "models", tmp_path / "termination-log"
+    done = run(
+        [
+            "--events",
+            str(bad),
+            "--weight-col",
+            "w",
+            "--model-store",
+            str(store),
+            "--termination-log",
+            str(log),
+        ]
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert f"{bad}, row 2 (line 3), column 'w': not a finite number" in lines[0]
+    assert done.stdout == ""
+    assert not store.exists() or ModelStore(store).versions() == []
+    assert "not a finite number" in json.loads(log.read_text())["error"]
+
+
+def test_bad_parameter_fails_before_reading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "train",
+            "--events",
+            str(tmp_path / "absent.csv"),
+            "--model-store",
+            str(tmp_path / "m"),
+            "--param",
+            "factors=-3",
+        ]
+    )
+    assert code == 1
+    assert "factors must be >= 1" in capsys.readouterr().err
+
+
+def test_champion_is_scored_on_the_same_holdout(
+    two_taste_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = str(tmp_path / "models")
+    common = ["train", "--events", str(two_taste_csv), "--model-store", store, "--seed", "5"]
+    assert main([*common, "--algorithm", "itemknn"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main([*common, "--algorithm", "als", "--champion", first["version"]]) == 0
+    second = json.loads(capsys.readouterr().out)
+    # Same data, same seed, same holdout: the champion scores what it scored when trained.
+    assert second["champion"]["metrics"] == pytest.approx(first["metrics"], abs=1e-6)
+
+    assert main([*common, "--champion", "v-missing"]) == 0
+    third = json.loads(capsys.readouterr().out)
+    assert "not found" in third["champion_error"]
+
+
+def test_retention_protects_the_champion(
+    two_taste_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = str(tmp_path / "models")
+    common = [
+        "train",
+        "--events",
+        str(two_taste_csv),
+        "--model-store",
+        store,
+        "--algorithm",
+        "itemknn",
+        "--keep",
+        "1",
+    ]
+    assert main(common) == 0
+    oldest = json.loads(capsys.readouterr().out)["version"]
+    for _ in range(2):
+        assert main([*common, "--champion", oldest]) == 0
+    newest = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["version"]
+    assert ModelStore(Path(store)).versions() == [oldest, newest]
+
+
+def test_tune_reports_the_search(
+    two_taste_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "train",
+            "--events",
+            str(two_taste_csv),
+            "--model-store",
+            str(tmp_path / "m"),
+            "--algorithm",
+            "itemknn",
+            "--tune",
+            "--tune-trials",
+            "4",
+        ]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["tuning"]["trials"] == 4
+
+
+def test_termination_message_drops_detail_to_fit() -> None:
+    document = {
+        "schema": 1,
+        "version": "v1",
+        "artifact": "/m/v1",
+        "metrics": {"ndcg@10": 0.3},
+        "baseline": {"popularity": {"ndcg@10": 0.1}},
+        "data": {},
+        "tuning": {"log": "x" * 5000},
+        "timings": {"fit": 1.0},
+    }
+    text = training_result.encode_termination_message(document)
+    decoded = json.loads(text)
+    assert "tuning" not in decoded and decoded["truncated"] and decoded["timings"] == {"fit": 1.0}
+    with pytest.raises(training_result.ResultError):
+        training_result.encode_termination_message({**document, "data": {"x": "y" * 5000}})
