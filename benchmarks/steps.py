@@ -75,6 +75,7 @@ def bare_fit(path: Path) -> dict[str, Any]:
 
 def train(path: Path, store: Path) -> dict[str, Any]:
     import implicit.cpu.als  # noqa: F401  (imported before the clock starts, as in bare_fit)
+
     from shopping_guide.cli import main
 
     params = [arg for k, v in ALS_PARAMS.items() for arg in ("--param", f"{k}={v}")]

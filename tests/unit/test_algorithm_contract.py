@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+
 from shopping_guide.algorithms import ALGORITHMS, Value, fit, resolve_params
 from shopping_guide.artifacts import ModelStore
 from shopping_guide.errors import ConfigError

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from shopping_guide.algorithms import fit
 from shopping_guide.artifacts import ModelStore
 from shopping_guide.errors import ArtifactError

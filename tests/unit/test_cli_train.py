@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from shopping_guide.artifacts import ModelStore
 from shopping_guide.cli import main
 from shopping_guide_contracts import training_result

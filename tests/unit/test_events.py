@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from shopping_guide.errors import DataError
 from shopping_guide.events import EventSchema, detect_format, load_events
 

@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 import pytest
+
 from shopping_guide.errors import ConfigError, DataError
 from shopping_guide.events import Events
 from shopping_guide.interactions import build_interactions

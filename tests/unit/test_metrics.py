@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import scipy.sparse as sp
+
 from shopping_guide.metrics import ranking_metrics
 
 
