@@ -158,11 +158,79 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="serve recommendations over HTTP")
+    p.add_argument("--model-store", type=Path, required=True)
+    p.add_argument(
+        "--routing",
+        type=Path,
+        required=True,
+        help="routing file (the mounted ConfigMap's routing.json)",
+    )
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument(
+        "--reload-interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often the routing file is checked for changes",
+    )
+    p.add_argument(
+        "--ann-min-items",
+        type=int,
+        default=200_000,
+        help="catalogue size from which an approximate index serves (0: never)",
+    )
+    p.add_argument(
+        "--feedback-capacity",
+        type=int,
+        default=200_000,
+        help="recommendation ids remembered for feedback attribution",
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=20.0,
+        help="seconds in-flight requests get to finish after SIGTERM",
+    )
+    p.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .artifacts import ModelStore
+    from .serving.app import build_app
+    from .serving.registry import Registry
+
+    registry = Registry(
+        ModelStore(args.model_store),
+        args.routing,
+        ann_min_items=args.ann_min_items or None,
+    )
+    app = build_app(
+        registry,
+        served_capacity=args.feedback_capacity,
+        reload_interval=args.reload_interval,
+    )
+    web.run_app(
+        app,
+        host=args.host,
+        port=args.port,
+        shutdown_timeout=args.shutdown_timeout,
+        access_log=None,
+        print=lambda message: log.warning("%s", message),
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shopping-guide", description=__doc__)
     parser.add_argument("--log-level", default="WARNING")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_serve(sub)
     return parser
 
 

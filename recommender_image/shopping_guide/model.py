@@ -65,6 +65,7 @@ class Model:
     idf: FloatArray | None = None
     avg_len: float | None = None
     popularity: FloatArray = field(init=False)
+    _yty: npt.NDArray[np.float64] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.user_items = self.user_items.tocsr()
@@ -175,22 +176,35 @@ class Model:
 
     # Scoring ----------------------------------------------------------------------------
     def fold_in(self, history: sp.csr_matrix) -> FloatArray:
-        """User factors computed from item histories alone (ALS's exact least squares)."""
+        """User factors from item histories alone: ALS's exact least-squares step.
+
+        For each user: (YtY + reg I + sum_i (c_i - 1) y_i y_i^T) x = sum_i c_i y_i, with
+        confidences c = alpha x (weighted) history, as implicit computes them in training.
+        """
         if self.algorithm != "als" or self.item_factors is None:
             raise ArtifactError(f"{self.algorithm} cannot fold in new users")
-        from implicit.cpu.als import AlternatingLeastSquares
-
         weighted, _, _ = item_weighting(
-            history.astype(np.float32), self.params.get("weighting", "none"), self.idf, self.avg_len
+            sp.csr_matrix(history, dtype=np.float32),
+            self.params.get("weighting", "none"),
+            self.idf,
+            self.avg_len,
         )
-        als = AlternatingLeastSquares(
-            factors=self.item_factors.shape[1],
-            regularization=float(self.params["regularization"]),
-            alpha=float(self.params["alpha"]),
-        )
-        als.item_factors = self.item_factors
-        users = np.arange(history.shape[0])
-        return np.asarray(als.recalculate_user(users, weighted.tocsr()), dtype=np.float32)
+        weighted = weighted.tocsr()
+        factors = self.item_factors.astype(np.float64)
+        if self._yty is None:
+            self._yty = factors.T @ factors
+        regularized = self._yty + float(self.params["regularization"]) * np.eye(factors.shape[1])
+        alpha = float(self.params["alpha"])
+        out = np.zeros((weighted.shape[0], factors.shape[1]), dtype=np.float32)
+        for row in range(weighted.shape[0]):
+            lo, hi = weighted.indptr[row], weighted.indptr[row + 1]
+            if lo == hi:
+                continue
+            rows = factors[weighted.indices[lo:hi]]
+            confidence = alpha * weighted.data[lo:hi].astype(np.float64)
+            a = regularized + (rows.T * (confidence - 1.0)) @ rows
+            out[row] = np.linalg.solve(a, confidence @ rows)
+        return out
 
     def score(
         self,

@@ -1,0 +1,348 @@
+"""HTTP endpoints (aiohttp). Every client mistake is a 4xx with `{"error": {code, message}}`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .feedback import Served, ServedLog
+from .metrics import ServerMetrics
+from .registry import Registry, Snapshot
+from .scorer import ServingModel
+
+log = logging.getLogger(__name__)
+
+MAX_K = 1000
+MAX_BATCH = 1000
+MAX_LIST = 10_000
+MAX_ID_LENGTH = 256
+MAX_BODY_BYTES = 1 << 20
+FEEDBACK_EVENTS = ("click", "cart", "purchase")
+
+# Paths whose requests are counted and timed, by the metric label they get.
+_ENDPOINTS = {
+    "/v1/recommendations": "recommendations",
+    "/v1/recommendations:batch": "batch",
+    "/v1/items/{item_id}/similar": "similar",
+    "/v1/feedback": "feedback",
+}
+
+REGISTRY = web.AppKey("registry", Registry)
+METRICS = web.AppKey("metrics", ServerMetrics)
+SERVED = web.AppKey("served", ServedLog)
+STATE = web.AppKey("state", dict)
+
+
+class RequestError(Exception):
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+# Input parsing ---------------------------------------------------------------------------
+def _user_id(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise RequestError("invalid_user_id", "user_id is required and must be a non-empty string")
+    if len(value) > MAX_ID_LENGTH:
+        raise RequestError("invalid_user_id", f"user_id is longer than {MAX_ID_LENGTH} characters")
+    return value
+
+
+def _k(value: Any, default: int = 10) -> int:
+    if value is None:
+        return default
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_K:
+        raise RequestError("invalid_k", f"k must be an integer from 1 to {MAX_K}, got {value!r}")
+    return value
+
+
+def _ids(value: Any, name: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v]
+    if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
+        raise RequestError(f"invalid_{name}", f"{name} must be a list of item ids")
+    if len(value) > MAX_LIST:
+        raise RequestError(f"invalid_{name}", f"{name} holds more than {MAX_LIST} ids")
+    return [str(v) for v in value]
+
+
+def _flag(value: Any, name: str, default: bool) -> bool:
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise RequestError(f"invalid_{name}", f"{name} must be true or false")
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise RequestError("body_too_large", f"body exceeds {MAX_BODY_BYTES} bytes", 413)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise RequestError("body_too_large", f"body exceeds {MAX_BODY_BYTES} bytes", 413) from exc
+    try:
+        body = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError("malformed_json", f"body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise RequestError("malformed_json", "body must be a JSON object")
+    return body
+
+
+# Handlers --------------------------------------------------------------------------------
+def _recommend_one(
+    request: web.Request, snapshot: Snapshot, options: Mapping[str, Any]
+) -> dict[str, Any]:
+    user_id = _user_id(options.get("user_id"))
+    k = _k(options.get("k"))
+    exclude = _ids(options.get("exclude_items", options.get("exclude")), "exclude_items")
+    allow_raw = options.get("allow_items", options.get("allow"))
+    allow = None if allow_raw is None else _ids(allow_raw, "allow_items")
+    exclude_seen = _flag(options.get("exclude_seen"), "exclude_seen", True)
+    recent = _ids(options.get("recent_items"), "recent_items")
+    model, cohort = snapshot.route(user_id)
+    if model is None:
+        raise RequestError("no_model", "no model is loaded yet", 503)
+    ranked = model.recommend(
+        user_id, k, exclude=exclude, allow=allow, exclude_seen=exclude_seen, recent_items=recent
+    )
+    app = request.app
+    metrics = app[METRICS]
+    recommendation_id = uuid.uuid4().hex
+    app[SERVED].add(recommendation_id, Served(model.version, cohort, user_id))
+    metrics.recommendations.labels(model.version, cohort).inc()
+    if not ranked.item_ids:
+        metrics.empty.labels(model.version, cohort).inc()
+    if ranked.strategy != "personalized":
+        metrics.cold_starts.labels(model.version, cohort, ranked.strategy).inc()
+    request["labels"] = (model.version, cohort)
+    body: dict[str, Any] = {
+        "recommendation_id": recommendation_id,
+        "user_id": user_id,
+        "model_version": model.version,
+        "cohort": cohort,
+        "cold_start": ranked.strategy != "personalized",
+        "strategy": ranked.strategy,
+        "items": [
+            {"item_id": i, "score": round(s, 6)}
+            for i, s in zip(ranked.item_ids, ranked.scores, strict=True)
+        ],
+    }
+    if ranked.unknown_items:
+        body["unknown_items"] = ranked.unknown_items[:100]
+    return body
+
+
+async def recommendations_get(request: web.Request) -> web.Response:
+    snapshot = request.app[REGISTRY].snapshot
+    return web.json_response(_recommend_one(request, snapshot, request.query))
+
+
+async def recommendations_post(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    snapshot = request.app[REGISTRY].snapshot
+    return web.json_response(_recommend_one(request, snapshot, body))
+
+
+async def recommendations_batch(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    shared = {k: v for k, v in body.items() if k not in ("requests", "user_ids")}
+    if "requests" in body:
+        items = body["requests"]
+        if not isinstance(items, list) or not all(isinstance(r, dict) for r in items):
+            raise RequestError("invalid_batch", "requests must be a list of objects")
+        requests = [{**shared, **r} for r in items]
+    elif "user_ids" in body:
+        users = body["user_ids"]
+        if not isinstance(users, list):
+            raise RequestError("invalid_batch", "user_ids must be a list")
+        requests = [{**shared, "user_id": u} for u in users]
+    else:
+        raise RequestError("invalid_batch", "send requests: [...] or user_ids: [...]")
+    if not 1 <= len(requests) <= MAX_BATCH:
+        raise RequestError("invalid_batch", f"a batch holds 1 to {MAX_BATCH} users")
+    snapshot = request.app[REGISTRY].snapshot
+    results = []
+    for index, options in enumerate(requests):
+        try:
+            results.append(_recommend_one(request, snapshot, options))
+        except RequestError as exc:
+            if exc.status != 400:
+                raise
+            raise RequestError(exc.code, f"requests[{index}]: {exc.message}") from exc
+    request["labels"] = ("mixed", "mixed")
+    return web.json_response({"results": results})
+
+
+async def similar_items(request: web.Request) -> web.Response:
+    item_id = request.match_info["item_id"]
+    k = _k(request.query.get("k"))
+    snapshot = request.app[REGISTRY].snapshot
+    user = request.query.get("user_id")
+    model, cohort = snapshot.route(_user_id(user)) if user else (snapshot.stable, "stable")
+    if model is None:
+        raise RequestError("no_model", "no model is loaded yet", 503)
+    request["labels"] = (model.version, cohort)
+    ranked = model.similar(item_id, k)
+    if ranked is None:
+        raise RequestError("unknown_item", f"item {item_id!r} is not in model {model.version}", 404)
+    return web.json_response(
+        {
+            "item_id": item_id,
+            "model_version": model.version,
+            "cohort": cohort,
+            "items": [
+                {"item_id": i, "score": round(s, 6)}
+                for i, s in zip(ranked.item_ids, ranked.scores, strict=True)
+            ],
+        }
+    )
+
+
+async def feedback(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    recommendation_id = body.get("recommendation_id")
+    if not isinstance(recommendation_id, str) or not recommendation_id:
+        raise RequestError("invalid_recommendation_id", "recommendation_id is required")
+    user_id = _user_id(body.get("user_id"))
+    item = body.get("item_id")
+    if not isinstance(item, str | int) or isinstance(item, bool) or not str(item):
+        raise RequestError("invalid_item_id", "item_id is required")
+    event = body.get("event")
+    if event not in FEEDBACK_EVENTS:
+        raise RequestError("invalid_event", f"event must be one of {', '.join(FEEDBACK_EVENTS)}")
+    served = request.app[SERVED].get(recommendation_id)
+    version, cohort = (served.model_version, served.cohort) if served else ("unknown", "unknown")
+    request.app[METRICS].feedback.labels(version, cohort, event).inc()
+    request["labels"] = (version, cohort)
+    return web.json_response(
+        {"accepted": True, "model_version": version, "cohort": cohort, "user_id": user_id},
+        status=202,
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready, detail = request.app[REGISTRY].readiness()
+    if request.app[STATE].get("draining"):
+        ready, detail["draining"] = False, True
+    return web.json_response(detail, status=200 if ready else 503)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    payload = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+# Wiring ----------------------------------------------------------------------------------
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    resource = request.match_info.route.resource
+    endpoint = _ENDPOINTS.get(resource.canonical if resource else "", "other")
+    started = time.perf_counter()
+    response: web.StreamResponse
+    try:
+        response = await handler(request)
+    except RequestError as exc:
+        request.app[METRICS].errors.labels(endpoint, exc.code).inc()
+        response = _error(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = "not_found" if exc.status == 404 else "http_error"
+        response = _error(exc.status, code, exc.reason)
+    except Exception:
+        log.exception("unexpected error on %s", request.path)
+        request.app[METRICS].errors.labels(endpoint, "internal").inc()
+        response = _error(500, "internal", "internal error")
+    if endpoint != "other":
+        version, cohort = request.get("labels", ("none", "none"))
+        metrics = request.app[METRICS]
+        metrics.requests.labels(endpoint, version, cohort, str(response.status)).inc()
+        metrics.latency.labels(endpoint, version, cohort).observe(time.perf_counter() - started)
+    return response
+
+
+def _publish(metrics: ServerMetrics, snapshot: Snapshot) -> None:
+    metrics.model_info.clear()
+    routing = snapshot.routing
+    for version, model in snapshot.models.items():
+        role = "canary" if routing and version == routing.canary else "stable"
+        metrics.model_info.labels(version, model.algorithm, role).set(1)
+        metrics.model_load_seconds.labels(version).set(model.load_seconds)
+    for version in snapshot.failures:
+        metrics.model_load_failures.labels(version).inc()
+    if snapshot.generation_applied is not None:
+        metrics.routing_generation.set(snapshot.generation_applied)
+    serving_canary = snapshot.canary is not None
+    metrics.canary_weight.set(
+        routing.canary_weight_basis_points if routing and serving_canary else 0
+    )
+    metrics.canary_failed.set(1 if routing and routing.canary and not serving_canary else 0)
+
+
+def build_app(
+    registry: Registry,
+    *,
+    metrics: ServerMetrics | None = None,
+    served_capacity: int = 200_000,
+    reload_interval: float = 2.0,
+) -> web.Application:
+    app = web.Application(middlewares=[errors_and_metrics], client_max_size=MAX_BODY_BYTES)
+    app[REGISTRY] = registry
+    app[METRICS] = metrics or ServerMetrics()
+    app[SERVED] = ServedLog(served_capacity)
+    app[STATE] = {}
+    server_metrics = app[METRICS]
+    registry.subscribe(lambda snapshot: _publish(server_metrics, snapshot))
+    app.router.add_get("/v1/recommendations", recommendations_get)
+    app.router.add_post("/v1/recommendations", recommendations_post)
+    app.router.add_post("/v1/recommendations:batch", recommendations_batch)
+    app.router.add_get("/v1/items/{item_id}/similar", similar_items)
+    app.router.add_post("/v1/feedback", feedback)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+
+    async def start_watching(app: web.Application) -> AsyncIterator[None]:
+        # Load in the background: /healthz answers while a large model is still loading.
+        task = asyncio.create_task(registry.watch(reload_interval))
+        yield
+        task.cancel()
+
+    async def drain(app: web.Application) -> None:
+        app[STATE]["draining"] = True
+
+    app.cleanup_ctx.append(start_watching)
+    app.on_shutdown.append(drain)
+    return app
+
+
+__all__ = ["ServingModel", "build_app"]

@@ -1,0 +1,69 @@
+"""Prometheus metrics of the server, labelled by model version and cohort.
+
+The canary analysis divides these per version: requests and errors, latency, and
+click-through (feedback clicks over recommendations served).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Latency buckets around the targets (single-digit milliseconds).
+_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25,
+            0.5, 1.0, 2.5)  # fmt: skip
+
+
+class ServerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        labels = ("endpoint", "model_version", "cohort")
+        self.requests = Counter(
+            "shopping_guide_requests", "Requests answered", (*labels, "code"), registry=r
+        )
+        self.latency = Histogram(
+            "shopping_guide_request_duration_seconds", "Time to answer", labels,
+            buckets=_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.errors = Counter(
+            "shopping_guide_errors", "Requests that failed, by reason", ("endpoint", "reason"),
+            registry=r,
+        )  # fmt: skip
+        self.recommendations = Counter(
+            "shopping_guide_recommendations", "Recommendation lists served",
+            ("model_version", "cohort"), registry=r,
+        )  # fmt: skip
+        self.empty = Counter(
+            "shopping_guide_empty_results", "Recommendation lists with no item",
+            ("model_version", "cohort"), registry=r,
+        )  # fmt: skip
+        self.cold_starts = Counter(
+            "shopping_guide_cold_starts", "Requests for users the model does not know",
+            ("model_version", "cohort", "strategy"), registry=r,
+        )  # fmt: skip
+        self.feedback = Counter(
+            "shopping_guide_feedback", "Feedback events attributed to the serving version",
+            ("model_version", "cohort", "event"), registry=r,
+        )  # fmt: skip
+        self.model_load_seconds = Gauge(
+            "shopping_guide_model_load_seconds", "Time to load and verify a version",
+            ("model_version",), registry=r,
+        )  # fmt: skip
+        self.model_load_failures = Counter(
+            "shopping_guide_model_load_failures", "Versions that failed to load",
+            ("model_version",), registry=r,
+        )  # fmt: skip
+        self.model_info = Gauge(
+            "shopping_guide_model_info", "Loaded versions (1) and their role",
+            ("model_version", "algorithm", "role"), registry=r,
+        )  # fmt: skip
+        self.routing_generation = Gauge(
+            "shopping_guide_routing_generation", "Routing generation in effect", registry=r
+        )
+        self.canary_weight = Gauge(
+            "shopping_guide_canary_weight_basis_points", "Canary weight in effect", registry=r
+        )
+        self.canary_failed = Gauge(
+            "shopping_guide_canary_load_failed", "1 while the routed canary could not load",
+            registry=r,
+        )  # fmt: skip

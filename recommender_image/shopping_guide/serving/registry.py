@@ -1,0 +1,191 @@
+"""Which models serve: the routing file, the loaded versions, and switching between them.
+
+Requests read one immutable `Snapshot` (routing plus loaded models) through a single
+attribute, so a switch is atomic and an in-flight request finishes on the snapshot it started
+with. New versions load in a worker thread and are verified before any request can see them;
+versions no snapshot refers to any more are dropped and freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shopping_guide_contracts.routing import Cohort, Routing, RoutingError, parse
+
+from ..artifacts import ModelStore
+from ..errors import ShoppingGuideError
+from .scorer import ServingModel
+
+log = logging.getLogger(__name__)
+RETRY_FAILED_AFTER_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    routing: Routing | None = None
+    models: dict[str, ServingModel] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    # The routing generation fully in effect: a stable version that failed to load holds it.
+    generation_applied: int | None = None
+
+    @property
+    def stable(self) -> ServingModel | None:
+        return (
+            self.models.get(self.routing.stable) if self.routing and self.routing.stable else None
+        )
+
+    @property
+    def canary(self) -> ServingModel | None:
+        return (
+            self.models.get(self.routing.canary) if self.routing and self.routing.canary else None
+        )
+
+    def route(self, user_id: str) -> tuple[ServingModel | None, Cohort]:
+        """The model for this user; the canary only when it loaded."""
+        canary = self.canary
+        if (
+            self.routing is not None
+            and canary is not None
+            and (self.routing.cohort(user_id) == "canary")
+        ):
+            return canary, "canary"
+        return self.stable, "stable"
+
+
+class Registry:
+    def __init__(
+        self,
+        store: ModelStore,
+        routing_path: Path,
+        *,
+        ann_min_items: int | None = 200_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.routing_path = routing_path
+        self.ann_min_items = ann_min_items
+        self.snapshot = Snapshot()
+        self.routing_error: str | None = None
+        self._seen_digest: str | None = None
+        self._failed_at: dict[str, float] = {}
+        self._listeners: list[Callable[[Snapshot], None]] = []
+        self._clock = clock
+        self._lock = asyncio.Lock()
+
+    def subscribe(self, listener: Callable[[Snapshot], None]) -> None:
+        """Called with each new snapshot, right after the switch."""
+        self._listeners.append(listener)
+
+    def _read_routing(self) -> tuple[str, Routing | None]:
+        # Read through the path each time: kubelet replaces a mounted ConfigMap by swapping
+        # the `..data` symlink, so the inode behind the name changes, not the file in place.
+        text = self.routing_path.read_text()
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        if digest == self._seen_digest:
+            return digest, None
+        return digest, parse(text)
+
+    def _load(self, version: str) -> ServingModel:
+        return ServingModel(self.store.load(version, verify=True), self.ann_min_items)
+
+    async def refresh(self, force: bool = False) -> bool:
+        """Apply the routing file if it changed (or a failed version is due a retry)."""
+        async with self._lock:
+            try:
+                digest, routing = await asyncio.to_thread(self._read_routing)
+            except FileNotFoundError:
+                self.routing_error = f"routing file {self.routing_path} not found"
+                return False
+            except (OSError, RoutingError) as exc:
+                self.routing_error = f"routing file {self.routing_path}: {exc}"
+                log.warning("%s; keeping the current models", self.routing_error)
+                return False
+            due = [
+                v
+                for v, at in self._failed_at.items()
+                if self._clock() - at >= RETRY_FAILED_AFTER_SECONDS
+            ]
+            if routing is None and not due and not force:
+                return False
+            routing = routing or self.snapshot.routing
+            if routing is None:
+                return False
+            self.routing_error = None
+            await self._apply(routing)
+            self._seen_digest = digest
+            return True
+
+    async def _apply(self, routing: Routing) -> None:
+        current = self.snapshot
+        models: dict[str, ServingModel] = {}
+        failures: dict[str, str] = {}
+        for version in sorted(routing.versions()):
+            if version in current.models:
+                models[version] = current.models[version]
+                continue
+            failed_at = self._failed_at.get(version)
+            if failed_at is not None and self._clock() - failed_at < RETRY_FAILED_AFTER_SECONDS:
+                failures[version] = current.failures.get(version, "failed to load")
+                continue
+            try:
+                models[version] = await asyncio.to_thread(self._load, version)
+                self._failed_at.pop(version, None)
+                log.info("loaded model %s", version)
+            except (ShoppingGuideError, OSError, ValueError, MemoryError) as exc:
+                failures[version] = str(exc)
+                self._failed_at[version] = self._clock()
+                log.error("model %s failed to load: %s", version, exc)
+        generation: int | None = routing.generation
+        if routing.stable and routing.stable not in models:
+            generation = current.generation_applied
+        if routing.stable and routing.stable not in models and current.stable is not None:
+            # A stable version that cannot load never replaces one that serves.
+            keep = current.stable
+            models[keep.version] = keep
+            routing = Routing(
+                keep.version,
+                routing.canary,
+                routing.canary_weight_basis_points,
+                routing.salt,
+                routing.generation,
+            )
+        self.snapshot = Snapshot(routing, models, failures, generation)
+        for listener in self._listeners:
+            listener(self.snapshot)
+
+    async def watch(self, interval: float) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # keep watching whatever one pass did
+                log.exception("routing refresh failed")
+            await asyncio.sleep(interval)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        snap = self.snapshot
+        routing = snap.routing
+        detail: dict[str, Any] = {
+            "ready": snap.stable is not None,
+            "generation": snap.generation_applied,
+            "stable": snap.stable.describe() if snap.stable else None,
+            "canary": None,
+            "routing_error": self.routing_error,
+        }
+        if routing and routing.canary:
+            canary = snap.canary
+            detail["canary"] = {
+                "version": routing.canary,
+                "weight_basis_points": routing.canary_weight_basis_points,
+                "serving": canary is not None,
+                "error": snap.failures.get(routing.canary),
+            }
+        if routing and routing.stable and routing.stable in snap.failures:
+            detail["stable_error"] = snap.failures[routing.stable]
+        return snap.stable is not None, detail
