@@ -94,47 +94,59 @@ def build_interactions(
 
     user_codes = pc.dictionary_encode(users)
     item_codes = pc.dictionary_encode(items)
-    columns = {
-        "u": user_codes.indices,
-        "i": item_codes.indices,
-        "w": pa.array(weight, pa.float64()),
-    }
-    aggregations = [("w", "sum")]
-    if stamp is not None:
-        columns["t"] = pa.array(stamp, pa.int64())
-        aggregations.append(("t", "max"))
-    pairs = pa.table(columns).group_by(["u", "i"], use_threads=True).aggregate(aggregations)
+    u = np.asarray(user_codes.indices, dtype=np.int32)
+    i = np.asarray(item_codes.indices, dtype=np.int32)
+    shape = (len(user_codes.dictionary), len(item_codes.dictionary))
+    # scipy's COO -> CSR conversion sums duplicate cells in linear time and leaves the
+    # result canonical (rows in order, columns sorted within each row).
+    matrix = sp.coo_matrix((weight, (u, i)), shape=shape).tocsr()
+    last_seen = None if stamp is None else _latest_per_cell(matrix, u, i, stamp)
 
-    u = np.asarray(pairs.column("u"), dtype=np.int64)
-    i = np.asarray(pairs.column("i"), dtype=np.int64)
-    w = np.asarray(pairs.column("w_sum"), dtype=np.float64)
-    t = np.asarray(pairs.column("t_max"), dtype=np.int64) if stamp is not None else None
-
+    user_keep = np.ones(shape[0], dtype=bool)
     if min_user_items > 1:
-        per_user = np.bincount(u, minlength=len(user_codes.dictionary))
-        keep_pairs = per_user[u] >= min_user_items
-        u, i, w = u[keep_pairs], i[keep_pairs], w[keep_pairs]
-        t = None if t is None else t[keep_pairs]
-    if len(u) == 0:
-        raise DataError(f"no user has at least {min_user_items} distinct items")
+        user_keep = np.diff(matrix.indptr) >= min_user_items
+        if not user_keep.any():
+            raise DataError(f"no user has at least {min_user_items} distinct items")
+        if not user_keep.all():
+            cells = np.repeat(user_keep, np.diff(matrix.indptr))
+            matrix = matrix[user_keep]
+            last_seen = None if last_seen is None else last_seen[cells]
+    item_keep = np.bincount(matrix.indices, minlength=shape[1]) > 0
+    if not item_keep.all():
+        # Renumber columns densely: filtering users can leave items without interactions.
+        new_column = np.cumsum(item_keep) - 1
+        matrix = sp.csr_matrix(
+            (matrix.data, new_column[matrix.indices], matrix.indptr),
+            shape=(matrix.shape[0], int(item_keep.sum())),
+        )
+    matrix.data = _scale(matrix.data.astype(np.float64), scale).astype(np.float32)
+    index_type = np.int32 if matrix.nnz < np.iinfo(np.int32).max else np.int64
+    matrix.indices = matrix.indices.astype(index_type)
+    matrix.indptr = matrix.indptr.astype(index_type)
+    user_ids = _to_numpy_str(user_codes.dictionary.filter(pa.array(user_keep)))
+    item_ids = _to_numpy_str(item_codes.dictionary.filter(pa.array(item_keep)))
+    return Interactions(matrix, user_ids, item_ids, last_seen)
 
-    # Renumber densely: filtering may have emptied some users and items.
-    user_used, u = np.unique(u, return_inverse=True)
-    item_used, i = np.unique(i, return_inverse=True)
-    order = np.lexsort((i, u))
-    u, i, w = u[order], i[order], w[order]
-    t = None if t is None else t[order]
-    w = _scale(w, scale)
 
-    index_type = np.int32 if len(w) < np.iinfo(np.int32).max else np.int64
-    indptr = np.zeros(len(user_used) + 1, dtype=index_type)
-    np.cumsum(np.bincount(u, minlength=len(user_used)), out=indptr[1:])
-    matrix = sp.csr_matrix(
-        (w.astype(np.float32), i.astype(index_type), indptr), shape=(len(user_used), len(item_used))
-    )
-    user_ids = _to_numpy_str(user_codes.dictionary.take(pa.array(user_used)))
-    item_ids = _to_numpy_str(item_codes.dictionary.take(pa.array(item_used)))
-    return Interactions(matrix, user_ids, item_ids, t)
+def _latest_per_cell(
+    matrix: sp.csr_matrix,
+    u: npt.NDArray[np.int32],
+    i: npt.NDArray[np.int32],
+    stamp: npt.NDArray[np.int64],
+) -> npt.NDArray[np.int64]:
+    """Newest event time of each stored cell, aligned with matrix.data.
+
+    Sorting the events by (row, column) puts them in the canonical CSR's cell order, so one
+    reduceat over the run boundaries yields each cell's maximum.
+    """
+    keys = u.astype(np.int64) * np.int64(matrix.shape[1]) + i
+    order = np.argsort(keys)
+    keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    latest = np.maximum.reduceat(stamp[order], starts)
+    if len(latest) != matrix.nnz:  # pragma: no cover - scipy keeps every summed cell
+        raise AssertionError("cell count differs from the aggregated matrix")
+    return latest.astype(np.int64)
 
 
 def _scale(values: npt.NDArray[np.float64], scale: Scale) -> npt.NDArray[np.float64]:
