@@ -86,6 +86,12 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     model.add_argument("--tune-budget", type=float, default=600.0, metavar="SECONDS")
     model.add_argument("--tune-trials", type=int, default=30)
     model.add_argument(
+        "--ann-min-items",
+        type=int,
+        default=200_000,
+        help="store an approximate index from this many items (0: never)",
+    )
+    model.add_argument(
         "--refit",
         action="store_true",
         help="serve a model refitted on all events (metrics stay the holdout's)",
@@ -150,6 +156,7 @@ def _run_train(args: argparse.Namespace) -> int:
         keep=args.keep,
         protect=args.protect,
         refit=args.refit,
+        ann_min_items=args.ann_min_items or None,
     )
     result = train(config)
     print(json.dumps(result, sort_keys=True))

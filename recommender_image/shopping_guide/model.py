@@ -64,6 +64,7 @@ class Model:
     similarity: sp.csr_matrix | None = None
     idf: FloatArray | None = None
     avg_len: float | None = None
+    ann_index: npt.NDArray[np.uint8] | None = None
     popularity: FloatArray = field(init=False)
     _yty: npt.NDArray[np.float64] | None = field(default=None, init=False, repr=False)
 
@@ -128,6 +129,8 @@ class Model:
             _put_sparse(out, "similarity", self.similarity)
         if self.idf is not None:
             out["idf"] = self.idf
+        if self.ann_index is not None:
+            out["ann_index"] = self.ann_index
         return out
 
     @classmethod
@@ -148,6 +151,7 @@ class Model:
             similarity=_get_sparse(arrays, "similarity") if "similarity_data" in arrays else None,
             idf=arrays.get("idf"),
             avg_len=avg_len,
+            ann_index=arrays.get("ann_index"),
         )
         model.check()
         return model

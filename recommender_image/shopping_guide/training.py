@@ -11,6 +11,7 @@ from typing import Any
 from shopping_guide_contracts import training_result
 
 from .algorithms import Value, fit, resolve_params
+from .ann import AnnIndex
 from .artifacts import ModelStore
 from .errors import ArtifactError, ConfigError
 from .evaluation import evaluate, evaluate_champion, sample_users
@@ -48,6 +49,7 @@ class TrainConfig:
     keep: int = 5
     protect: Sequence[str] = ()
     refit: bool = False
+    ann_min_items: int | None = 200_000
 
 
 def _rounded(metrics: dict[str, float]) -> dict[str, float]:
@@ -138,6 +140,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if config.refit:
         served, served_data = fit(config.algorithm, params, data.matrix, config.seed), data
         mark = lap("refit", mark)
+
+    if (
+        config.ann_min_items is not None
+        and served.item_factors is not None
+        and served.n_items >= config.ann_min_items
+    ):
+        # Built once here, so that serving pods only load it.
+        served.ann_index = AnnIndex.build(served.item_factors).to_bytes()
+        mark = lap("ann", mark)
 
     data_summary = {
         "users": data.shape[0],

@@ -1,8 +1,8 @@
 """One loaded model version, ready for per-request scoring.
 
-Exact scoring is one matrix-vector product and an argpartition over the catalogue. For large
-catalogues an inverted-file index (faiss IVF, inner product) answers from a few hundred
-candidate lists instead; it is built when the version loads and checked against exact scoring.
+Exact scoring is implicit's native top-k over the item factors (one matrix-vector product and
+a heap). For large catalogues an HNSW graph answers instead (see `ann`), read from the artifact
+or, for artifacts without one, built when the version loads.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from ..ann import AnnIndex
 from ..artifacts import LoadedModel
 from ..errors import ArtifactError
 from .ids import IdIndex
@@ -44,31 +45,6 @@ def _top(scores: FloatArray, k: int) -> IntArray:
     return order[np.isfinite(scores[order])][:k].astype(np.int64)
 
 
-class AnnIndex:
-    """faiss IVF over the item factors, maximum inner product."""
-
-    def __init__(self, item_factors: FloatArray, nprobe: int | None = None) -> None:
-        import faiss
-
-        n, dim = item_factors.shape
-        lists = int(max(1, min(4 * np.sqrt(n), n // 39)))
-        quantizer = faiss.IndexFlatIP(dim)
-        self.index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
-        sample = item_factors
-        if n > lists * 64:
-            rng = np.random.default_rng(0)
-            sample = item_factors[rng.choice(n, lists * 64, replace=False)]
-        self.index.train(np.ascontiguousarray(sample))
-        self.index.add(np.ascontiguousarray(item_factors))
-        self.index.nprobe = nprobe or max(1, lists // 16)
-        self.lists = lists
-
-    def search(self, vector: FloatArray, k: int) -> tuple[IntArray, FloatArray]:
-        scores, ids = self.index.search(vector.reshape(1, -1).astype(np.float32), k)
-        keep = ids[0] >= 0
-        return ids[0][keep].astype(np.int64), scores[0][keep]
-
-
 class ServingModel:
     """A verified artifact with id maps, popularity order and optional ANN index."""
 
@@ -89,8 +65,12 @@ class ServingModel:
             norms = np.linalg.norm(factors, axis=1).astype(np.float32)
             self.item_norms = np.where(norms > 0, norms, 1.0).astype(np.float32)
         self.ann: AnnIndex | None = None
-        if factors is not None and ann_min_items is not None and len(factors) >= ann_min_items:
-            self.ann = AnnIndex(factors)
+        if loaded.model.ann_index is not None:
+            self.ann = AnnIndex.from_bytes(loaded.model.ann_index)
+            if factors is None or self.ann.size != len(factors):
+                raise ArtifactError(f"{self.version}: the ANN index does not match the items")
+        elif factors is not None and ann_min_items is not None and len(factors) >= ann_min_items:
+            self.ann = AnnIndex.build(factors)
         self.smoke_test()
         self.load_seconds = time.perf_counter() - started
 
@@ -105,21 +85,31 @@ class ServingModel:
 
     # Scoring -------------------------------------------------------------------------
     def _history_row(self, user: int) -> sp.csr_matrix:
-        return self.history[user]
+        lo, hi = self.history.indptr[user], self.history.indptr[user + 1]
+        return sp.csr_matrix(
+            (self.history.data[lo:hi], self.history.indices[lo:hi], [0, hi - lo]),
+            shape=(1, self.history.shape[1]),
+        )
 
-    def _user_scores(self, user: int | None, row: sp.csr_matrix) -> FloatArray | None:
+    def _user_vector(self, user: int | None, row: sp.csr_matrix) -> FloatArray | None:
+        model = self.model
+        if model.item_factors is None:
+            return None
+        if user is not None and model.user_factors is not None:
+            vector: FloatArray = model.user_factors[user]
+            return vector
+        if model.algorithm == "als" and row.nnz:
+            folded: FloatArray = model.fold_in(row)[0]
+            return folded
+        return None
+
+    def _dense_scores(self, vector: FloatArray | None, row: sp.csr_matrix) -> FloatArray | None:
         model = self.model
         if model.similarity is not None:
             if row.nnz == 0:
                 return None
             return np.asarray((row @ model.similarity).toarray()[0], dtype=np.float32)
-        if model.item_factors is None:
-            return None
-        if user is not None and model.user_factors is not None:
-            vector = model.user_factors[user]
-        elif model.algorithm == "als" and row.nnz:
-            vector = model.fold_in(row)[0]
-        else:
+        if vector is None or model.item_factors is None:
             return None
         return np.asarray(model.item_factors @ vector, dtype=np.float32)
 
@@ -143,39 +133,55 @@ class ServingModel:
             unknown = [i for i, idx in zip(recent_items, recent, strict=True) if idx < 0]
             known = np.unique(recent[recent >= 0])
             row = sp.csr_matrix(
-                (np.ones(len(known), np.float32), (np.zeros(len(known), np.int64), known)),
+                (np.ones(len(known), np.float32), known, [0, len(known)]),
                 shape=(1, self.history.shape[1]),
             )
             strategy = "fold_in"
-        seen = row.indices.astype(np.int64) if exclude_seen else np.empty(0, np.int64)
-        blocked = np.concatenate([seen, self.items.lookup(exclude)])
-        blocked = blocked[blocked >= 0]
-        allowed = None if allow is None else self.items.lookup(allow)
-        if allowed is not None:
-            allowed = np.unique(allowed[allowed >= 0])
+        excluded = self.items.lookup(exclude)
+        excluded = excluded[excluded >= 0]
+        vector = self._user_vector(user if user >= 0 else None, row)
 
-        if (
-            self.ann is not None
-            and allowed is None
-            and user >= 0
-            and self.model.user_factors is not None
-        ):
-            ids, scores = self._ann_top(self.model.user_factors[user], k, blocked)
+        if vector is not None and allow is None:
+            # The common path: a native top-k over the factors, no dense score copy.
+            blocked = row.indices.astype(np.int64) if exclude_seen else np.empty(0, np.int64)
+            if self.ann is not None and user >= 0:
+                ids, scores = self._ann_top(vector, k, np.concatenate([blocked, excluded]))
+            else:
+                ids, scores = self._exact_top(vector, k, row if exclude_seen else None, excluded)
             return Ranked(self._names(ids), scores.tolist(), strategy, unknown)
 
-        scores_all = self._user_scores(user if user >= 0 else None, row)
+        scores_all = self._dense_scores(vector, row)
         if scores_all is None:
             strategy = "popular"
             scores_all = self.model.popularity.astype(np.float32, copy=True)
-        else:
-            scores_all = scores_all.copy()
-        scores_all[blocked] = -np.inf
-        if allowed is not None:
+        if exclude_seen:
+            scores_all[row.indices] = -np.inf
+        scores_all[excluded] = -np.inf
+        if allow is not None:
+            allowed = self.items.lookup(allow)
+            allowed = np.unique(allowed[allowed >= 0])
             mask = np.full(len(scores_all), -np.inf, dtype=np.float32)
             mask[allowed] = 0.0
             scores_all = scores_all + mask
         top = _top(scores_all, k)
         return Ranked(self._names(top), scores_all[top].tolist(), strategy, unknown)
+
+    def _exact_top(
+        self, vector: FloatArray, k: int, seen: sp.csr_matrix | None, excluded: IntArray
+    ) -> tuple[IntArray, FloatArray]:
+        from implicit.cpu.topk import topk
+
+        assert self.model.item_factors is not None
+        ids, scores = topk(
+            self.model.item_factors,
+            np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32),
+            min(k, self.model.n_items),
+            filter_query_items=seen,
+            filter_items=excluded.astype(np.int32) if len(excluded) else None,
+            num_threads=1,
+        )
+        keep = scores[0] > np.finfo(np.float32).min / 2
+        return ids[0][keep].astype(np.int64), scores[0][keep]
 
     def _ann_top(
         self, vector: FloatArray, k: int, blocked: IntArray
@@ -216,6 +222,6 @@ class ServingModel:
             "algorithm": self.algorithm,
             "users": len(self.users),
             "items": len(self.items),
-            "ann": None if self.ann is None else {"lists": self.ann.lists},
+            "ann": None if self.ann is None else "hnsw",
             "load_seconds": round(self.load_seconds, 3) if hasattr(self, "load_seconds") else None,
         }
