@@ -14,7 +14,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,8 @@ class LoadedModel:
     model: Model
     user_ids: npt.NDArray[np.str_]
     item_ids: npt.NDArray[np.str_]
+    # Arrays stored beside the model: the catalogue and its text index, when trained with one.
+    extras: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
 
 
 def _sha256(path: Path) -> str:
@@ -88,6 +90,7 @@ class ModelStore:
         item_ids: npt.NDArray[np.str_],
         meta: Mapping[str, Any],
         version: str | None = None,
+        extras: Mapping[str, npt.NDArray[Any]] | None = None,
     ) -> tuple[str, Path]:
         """Write a new version atomically; returns its name and final path."""
         version = version or new_version()
@@ -98,7 +101,12 @@ class ModelStore:
         incoming = self.root / f"{_INCOMING}{version}-{os.getpid()}"
         incoming.mkdir()
         try:
-            arrays = {**model.arrays(), "user_ids": user_ids, "item_ids": item_ids}
+            arrays = {
+                **model.arrays(),
+                **(extras or {}),
+                "user_ids": user_ids,
+                "item_ids": item_ids,
+            }
             files: dict[str, Any] = {}
             for name, array in arrays.items():
                 target = incoming / f"{name}.npy"
@@ -184,8 +192,9 @@ class ModelStore:
         )
         if model.user_items.shape != (len(arrays["user_ids"]), len(arrays["item_ids"])):
             raise ArtifactError(f"{version}: id maps do not match the interaction matrix")
+        extras = {k: v for k, v in arrays.items() if k.startswith(("catalog_", "text_"))}
         return LoadedModel(
-            version, directory, manifest, model, arrays["user_ids"], arrays["item_ids"]
+            version, directory, manifest, model, arrays["user_ids"], arrays["item_ids"], extras
         )
 
     def prune(self, keep: int, protect: Iterable[str] = ()) -> list[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from shopping_guide_contracts import training_result
 
 from .algorithms import ALGORITHMS
+from .catalog import CatalogSchema
 from .errors import ConfigError, ShoppingGuideError
 from .events import FORMATS, EventSchema
 from .interactions import SCALES
@@ -109,6 +110,30 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--champion", help="stored version to score on the same holdout")
+    cat = p.add_argument_group("catalogue (content-based and hybrid recommendations)")
+    cat.add_argument("--catalog", type=Path, help="catalogue file: one row per item")
+    cat.add_argument("--catalog-format", choices=FORMATS)
+    cat.add_argument("--catalog-item-col", default="item_id")
+    cat.add_argument("--catalog-title-col", default="title")
+    cat.add_argument(
+        "--catalog-category-col",
+        default="category",
+        help="categories, several separated by '|' (empty: none)",
+    )
+    cat.add_argument("--catalog-attributes-col", help="JSON object or key=value;key=value")
+    cat.add_argument("--catalog-price-col", default="price", help="(empty: none)")
+    cat.add_argument("--catalog-stock-col", help="in-stock flag (false/0/no = out of stock)")
+    cat.add_argument(
+        "--catalog-from-events",
+        metavar="TITLE_COL[,PRICE_COL]",
+        help="derive the catalogue from these columns of the events file",
+    )
+    cat.add_argument(
+        "--content-weight",
+        type=float,
+        default=0.3,
+        help="share of the content score in the hybrid score (0: pure CF)",
+    )
     store = p.add_argument_group("model store")
     store.add_argument("--keep", type=int, default=5, help="versions to keep")
     store.add_argument("--protect", action="append", default=[], help="version never pruned")
@@ -118,6 +143,13 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="also write the result there (Kubernetes termination message)",
     )
     p.set_defaults(handler=_run_train)
+
+
+def _title_price(value: str | None) -> tuple[str, str | None] | None:
+    if not value:
+        return None
+    title, _, price = value.partition(",")
+    return title.strip(), price.strip() or None
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -157,6 +189,18 @@ def _run_train(args: argparse.Namespace) -> int:
         protect=args.protect,
         refit=args.refit,
         ann_min_items=args.ann_min_items or None,
+        catalog=args.catalog,
+        catalog_format=args.catalog_format,
+        catalog_schema=CatalogSchema(
+            item_col=args.catalog_item_col,
+            title_col=args.catalog_title_col,
+            category_col=args.catalog_category_col or None,
+            attributes_col=args.catalog_attributes_col,
+            price_col=args.catalog_price_col or None,
+            stock_col=args.catalog_stock_col,
+        ),
+        catalog_from_events=_title_price(args.catalog_from_events),
+        content_weight=args.content_weight,
     )
     result = train(config)
     print(json.dumps(result, sort_keys=True))

@@ -117,10 +117,16 @@ def read_table(
     path: Path, schema: EventSchema, fmt: Format | None, policy: InvalidPolicy
 ) -> tuple[pa.Table, int]:
     """Read the needed columns as a table; returns it and the count of malformed lines skipped."""
+    return read_columns(path, schema.columns(), fmt, policy)
+
+
+def read_columns(
+    path: Path, columns: list[str], fmt: Format | None, policy: InvalidPolicy
+) -> tuple[pa.Table, int]:
+    """Any of the supported files, these columns only (text columns as strings)."""
     fmt = fmt or detect_format(path)
     if not path.exists():
         raise DataError("file not found", path)
-    columns = schema.columns()
     try:
         if fmt == "parquet":
             return _read_parquet(path, columns), 0

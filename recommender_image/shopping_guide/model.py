@@ -65,6 +65,9 @@ class Model:
     idf: FloatArray | None = None
     avg_len: float | None = None
     ann_index: npt.NDArray[np.uint8] | None = None
+    # Item x item content similarity and its share of a blended (hybrid) score.
+    content_similarity: sp.csr_matrix | None = None
+    content_weight: float = 0.0
     popularity: FloatArray = field(init=False)
     _yty: npt.NDArray[np.float64] | None = field(default=None, init=False, repr=False)
 
@@ -120,17 +123,20 @@ class Model:
     # Persistence ------------------------------------------------------------------------
     def arrays(self) -> dict[str, npt.NDArray[Any]]:
         out: dict[str, npt.NDArray[Any]] = {}
-        _put_sparse(out, "user_items", self.user_items)
+        put_sparse(out, "user_items", self.user_items)
         out["popularity"] = self.popularity
         if self.user_factors is not None and self.item_factors is not None:
             out["user_factors"] = self.user_factors
             out["item_factors"] = self.item_factors
         if self.similarity is not None:
-            _put_sparse(out, "similarity", self.similarity)
+            put_sparse(out, "similarity", self.similarity)
         if self.idf is not None:
             out["idf"] = self.idf
         if self.ann_index is not None:
             out["ann_index"] = self.ann_index
+        if self.content_similarity is not None:
+            put_sparse(out, "content_similarity", self.content_similarity)
+            out["content_weight"] = np.asarray([self.content_weight], dtype=np.float64)
         return out
 
     @classmethod
@@ -141,18 +147,21 @@ class Model:
         arrays: Mapping[str, npt.NDArray[Any]],
         avg_len: float | None = None,
     ) -> Model:
-        user_items = _get_sparse(arrays, "user_items")
+        user_items = get_sparse(arrays, "user_items")
         model = cls(
             algorithm,
             params,
             user_items,
             user_factors=arrays.get("user_factors"),
             item_factors=arrays.get("item_factors"),
-            similarity=_get_sparse(arrays, "similarity") if "similarity_data" in arrays else None,
+            similarity=get_sparse(arrays, "similarity") if "similarity_data" in arrays else None,
             idf=arrays.get("idf"),
             avg_len=avg_len,
             ann_index=arrays.get("ann_index"),
         )
+        if "content_similarity_data" in arrays:
+            model.content_similarity = get_sparse(arrays, "content_similarity")
+            model.content_weight = float(arrays["content_weight"][0])
         model.check()
         return model
 
@@ -216,7 +225,27 @@ class Model:
         history: sp.csr_matrix,
         user_vectors: FloatArray | None = None,
     ) -> FloatArray:
-        """Dense scores for a block of users: rows of `history` align with `users`."""
+        """Dense scores for a block of users: rows of `history` align with `users`.
+
+        A hybrid model blends the collaborative score with the content score of the user's
+        history, each scaled to [0, 1] per user first so the weight means the same for every
+        user; items nobody interacted with yet get their score from content alone.
+        """
+        collaborative = self._collaborative_scores(users, history, user_vectors)
+        if self.content_similarity is None or self.content_weight <= 0:
+            return collaborative
+        seen = history.copy()
+        seen.data[:] = 1.0
+        content = np.asarray((seen @ self.content_similarity).toarray(), dtype=np.float32)
+        w = self.content_weight
+        return (1.0 - w) * _unit_scale(collaborative) + w * _unit_scale(content)
+
+    def _collaborative_scores(
+        self,
+        users: IntArray | None,
+        history: sp.csr_matrix,
+        user_vectors: FloatArray | None,
+    ) -> FloatArray:
         if self.similarity is not None:
             return np.asarray((history @ self.similarity).toarray(), dtype=np.float32)
         if self.item_factors is not None:
@@ -225,6 +254,45 @@ class Model:
                 user_vectors = self.user_factors[users]
             return np.asarray(user_vectors @ self.item_factors.T, dtype=np.float32)
         return np.broadcast_to(self.popularity, (history.shape[0], self.n_items)).copy()
+
+    def recommend_dense(
+        self,
+        users: IntArray | None,
+        history: sp.csr_matrix,
+        k: int,
+        *,
+        exclude_seen: bool = True,
+        candidates: npt.NDArray[np.bool_] | None = None,
+        fold_in: bool = False,
+    ) -> tuple[IntArray, FloatArray]:
+        """Top-k through dense score blocks: hybrid models, and ranking within `candidates`."""
+        history = sp.csr_matrix(history, dtype=np.float32)
+        n, k = history.shape[0], min(k, self.n_items)
+        ids = np.full((n, k), -1, dtype=np.int64)
+        scores = np.full((n, k), -np.inf, dtype=np.float32)
+        block = max(1, (1 << 22) // max(self.n_items, 1))
+        vectors = self.fold_in(history) if fold_in else None
+        for start in range(0, n, block):
+            stop = min(start + block, n)
+            rows = history[start:stop]
+            dense = self.score(
+                None if users is None else users[start:stop],
+                rows,
+                None if vectors is None else vectors[start:stop],
+            )
+            if exclude_seen:
+                r, c = rows.nonzero()
+                dense[r, c] = -np.inf
+            if candidates is not None:
+                dense[:, ~candidates] = -np.inf
+            part = np.argpartition(-dense, k - 1, axis=1)[:, :k]
+            part_scores = np.take_along_axis(dense, part, axis=1)
+            order = np.argsort(-part_scores, axis=1, kind="stable")
+            top = np.take_along_axis(part, order, axis=1)
+            top_scores = np.take_along_axis(part_scores, order, axis=1)
+            top[~np.isfinite(top_scores)] = -1
+            ids[start:stop], scores[start:stop] = top, top_scores
+        return ids, scores
 
     def recommend(
         self,
@@ -243,6 +311,10 @@ class Model:
         """
         from implicit.cpu.topk import topk
 
+        if self.content_similarity is not None and self.content_weight > 0:
+            return self.recommend_dense(
+                users, history, k, exclude_seen=exclude_seen, fold_in=fold_in
+            )
         history = sp.csr_matrix(history, dtype=np.float32)
         n, k = history.shape[0], min(k, self.n_items)
         if self.similarity is not None:
@@ -297,6 +369,15 @@ class Model:
         return ids, scores
 
 
+def _unit_scale(scores: FloatArray) -> FloatArray:
+    """Each row mapped to [0, 1] by its own minimum and maximum (constant rows to 0)."""
+    low = scores.min(axis=1, keepdims=True)
+    span = scores.max(axis=1, keepdims=True) - low
+    return np.where(span > 0, (scores - low) / np.where(span > 0, span, 1.0), 0.0).astype(
+        np.float32
+    )
+
+
 def _mark_missing(ids: Any, scores: Any) -> tuple[IntArray, FloatArray]:
     """implicit marks filtered slots with the lowest float; we use -1 and -inf."""
     ids = np.asarray(ids, dtype=np.int64)
@@ -307,7 +388,7 @@ def _mark_missing(ids: Any, scores: Any) -> tuple[IntArray, FloatArray]:
     return ids, scores
 
 
-def _put_sparse(out: dict[str, npt.NDArray[Any]], name: str, matrix: sp.spmatrix) -> None:
+def put_sparse(out: dict[str, npt.NDArray[Any]], name: str, matrix: sp.spmatrix) -> None:
     csr = sp.csr_matrix(matrix)
     out[f"{name}_data"] = csr.data
     out[f"{name}_indices"] = csr.indices
@@ -315,7 +396,7 @@ def _put_sparse(out: dict[str, npt.NDArray[Any]], name: str, matrix: sp.spmatrix
     out[f"{name}_shape"] = np.asarray(csr.shape, dtype=np.int64)
 
 
-def _get_sparse(arrays: Mapping[str, npt.NDArray[Any]], name: str) -> sp.csr_matrix:
+def get_sparse(arrays: Mapping[str, npt.NDArray[Any]], name: str) -> sp.csr_matrix:
     try:
         shape = tuple(int(x) for x in arrays[f"{name}_shape"])
         matrix = sp.csr_matrix(

@@ -13,9 +13,12 @@ from shopping_guide_contracts import training_result
 from .algorithms import Value, fit, resolve_params
 from .ann import AnnIndex
 from .artifacts import ModelStore
+from .catalog import Catalog, CatalogSchema, catalog_from_table, derive_from_events, load_catalog
+from .content import build_text_index, content_similarity
 from .errors import ArtifactError, ConfigError
 from .evaluation import evaluate, evaluate_champion, sample_users
-from .events import EventSchema, Format, InvalidPolicy, load_events
+from .events import EventSchema, Format, InvalidPolicy, load_events, read_columns
+from .hybrid import cold_item_evaluation, extend_items
 from .interactions import Scale, build_interactions
 from .model import Model
 from .splits import SplitKind, split
@@ -50,6 +53,13 @@ class TrainConfig:
     protect: Sequence[str] = ()
     refit: bool = False
     ann_min_items: int | None = 200_000
+    catalog: Path | None = None
+    catalog_schema: CatalogSchema = field(default_factory=CatalogSchema)
+    catalog_format: Format | None = None
+    # Derive the catalogue from product columns of the events file instead: (title, price).
+    catalog_from_events: tuple[str, str | None] | None = None
+    content_weight: float = 0.3
+    content_neighbours: int = 100
 
 
 def _rounded(metrics: dict[str, float]) -> dict[str, float]:
@@ -84,6 +94,18 @@ def train(config: TrainConfig) -> dict[str, Any]:
         scale=config.scale,
     )
     mark = lap("aggregate", mark)
+    catalog = _catalog(config)
+    content = None
+    extras: dict[str, Any] = {}
+    if catalog is not None:
+        if not 0.0 <= config.content_weight <= 1.0:
+            raise ConfigError("content weight must be between 0 and 1")
+        data = extend_items(data, catalog.item_ids, config.exclude_items)
+        catalog = catalog.reindex(data.item_ids)
+        text_index = build_text_index(catalog)
+        content = content_similarity(text_index, config.content_neighbours)
+        extras = {**catalog.to_arrays(), **text_index.to_arrays()}
+        mark = lap("catalog", mark)
     holdout = split(data, config.split, config.test_fraction, config.seed)
     users = sample_users(holdout, config.eval_users, config.seed)
     mark = lap("split", mark)
@@ -115,6 +137,18 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     model = fit(config.algorithm, params, holdout.train.matrix, config.seed)
     mark = lap("fit", mark)
+    hybrid: dict[str, Any] | None = None
+    if content is not None:
+        collaborative = evaluate(model, holdout, users, config.k)
+        model.content_similarity, model.content_weight = content, config.content_weight
+        hybrid = {
+            "content_weight": config.content_weight,
+            "collaborative": _rounded(collaborative),
+            "cold_items": cold_item_evaluation(
+                data, config.algorithm, params, content, config.content_weight, config.k,
+                config.seed, config.eval_users,
+            ),
+        }  # fmt: skip
     metrics = evaluate(model, holdout, users, config.k)
     popularity = evaluate(Model.popularity_baseline(holdout.train.matrix), holdout, users, config.k)
     mark = lap("evaluate", mark)
@@ -139,6 +173,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
     served, served_data = model, holdout.train
     if config.refit:
         served, served_data = fit(config.algorithm, params, data.matrix, config.seed), data
+        served.content_similarity, served.content_weight = (
+            model.content_similarity,
+            (model.content_weight),
+        )
         mark = lap("refit", mark)
 
     if (
@@ -177,7 +215,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "data": {**data_summary, "source": str(config.events)},
             "evaluation": evaluation,
             "refit": config.refit,
+            "hybrid": hybrid,
         },
+        extras=extras,
     )
     store.prune(config.keep, {*config.protect, *([config.champion] if config.champion else [])})
     lap("write", mark)
@@ -201,4 +241,19 @@ def train(config: TrainConfig) -> dict[str, Any]:
         result["champion_error"] = champion_error
     if tuning is not None:
         result["tuning"] = tuning
+    if hybrid is not None:
+        result["hybrid"] = hybrid
     return training_result.validate(result)
+
+
+def _catalog(config: TrainConfig) -> Catalog | None:
+    if config.catalog is not None:
+        return load_catalog(config.catalog, config.catalog_schema, config.catalog_format,
+                            config.on_invalid)  # fmt: skip
+    if config.catalog_from_events is None:
+        return None
+    title, price = config.catalog_from_events
+    columns = [config.schema.item_col, title, *([price] if price else [])]
+    table, _ = read_columns(config.events, columns, config.format, "skip")
+    derived = derive_from_events(table, config.schema.item_col, title, price)
+    return catalog_from_table(derived)
