@@ -127,7 +127,9 @@ class ModelStore:
                 "algorithm": model.algorithm,
                 "params": model.params,
                 "avg_len": model.avg_len,
-                "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
+                # A rewrite (forget-user) keeps its place in the version order.
+                "created_at": meta.get("created_at")
+                or datetime.now(UTC).isoformat(timespec="microseconds"),
                 "counts": {
                     "users": model.n_users,
                     "items": model.n_items,
@@ -214,3 +216,59 @@ class ModelStore:
             if now - entry.stat().st_mtime > _STALE_SECONDS:
                 shutil.rmtree(entry, ignore_errors=True)
         return removable
+
+
+FORGOTTEN_USERS = "forgotten-users.txt"
+AUDIT_LOG = "audit.log"
+
+
+def forget_user(store: ModelStore, user_id: str) -> list[str]:
+    """Remove one user from every stored version (id map, history, factors) and record the
+    request, so the next training skips their events too. Returns the versions rewritten.
+
+    Each version is rewritten beside the old one and swapped in by rename; the audit line
+    names the user only by a hash and carries none of their events.
+    """
+    changed: list[str] = []
+    for version in store.versions():
+        loaded = store.load(version)
+        position = np.flatnonzero(loaded.user_ids == user_id)
+        if not len(position):
+            continue
+        keep = np.ones(len(loaded.user_ids), dtype=bool)
+        keep[position] = False
+        model = loaded.model
+        model.user_items = model.user_items[keep]
+        if model.user_factors is not None:
+            model.user_factors = np.ascontiguousarray(model.user_factors[keep])
+        meta = {k: v for k, v in loaded.manifest.items() if k not in ("files", "version")}
+        staging = ModelStore(store.root / f"{_INCOMING}forget-{secrets.token_hex(4)}")
+        _, written = staging.write(
+            model, loaded.user_ids[keep], loaded.item_ids, meta, version, loaded.extras
+        )
+        retired = store.root / f"{_INCOMING}retired-{version}-{secrets.token_hex(4)}"
+        (store.root / version).rename(retired)
+        written.rename(store.root / version)
+        _fsync_dir(store.root)
+        shutil.rmtree(retired, ignore_errors=True)
+        shutil.rmtree(staging.root, ignore_errors=True)
+        changed.append(version)
+    store.root.mkdir(parents=True, exist_ok=True)
+    with (store.root / FORGOTTEN_USERS).open("a") as handle:
+        handle.write(user_id + "\n")
+    audit = {
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "action": "forget-user",
+        "user_sha256": hashlib.sha256(user_id.encode()).hexdigest()[:16],
+        "versions": changed,
+    }
+    with (store.root / AUDIT_LOG).open("a") as handle:
+        handle.write(json.dumps(audit) + "\n")
+    return changed
+
+
+def forgotten_users(root: Path) -> list[str]:
+    path = Path(root) / FORGOTTEN_USERS
+    if not path.is_file():
+        return []
+    return [line for line in path.read_text().splitlines() if line]

@@ -240,6 +240,11 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="recommendation ids remembered for feedback attribution",
     )
     p.add_argument(
+        "--admin-token-file",
+        type=Path,
+        help="enables DELETE /v1/users/{id} for holders of this token (mounted from a Secret)",
+    )
+    p.add_argument(
         "--shutdown-timeout",
         type=float,
         default=20.0,
@@ -264,6 +269,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         registry,
         served_capacity=args.feedback_capacity,
         reload_interval=args.reload_interval,
+        admin_token=args.admin_token_file.read_text().strip() if args.admin_token_file else None,
     )
     web.run_app(
         app,
@@ -276,12 +282,28 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_forget(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("forget-user", help="remove a user from every stored model version")
+    p.add_argument("--model-store", type=Path, required=True)
+    p.add_argument("user_id")
+    p.set_defaults(handler=_run_forget)
+
+
+def _run_forget(args: argparse.Namespace) -> int:
+    from .artifacts import ModelStore, forget_user
+
+    changed = forget_user(ModelStore(args.model_store), args.user_id)
+    print(json.dumps({"forgotten": True, "versions": changed}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shopping-guide", description=__doc__)
     parser.add_argument("--log-level", default="WARNING")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_serve(sub)
+    _add_forget(sub)
     return parser
 
 

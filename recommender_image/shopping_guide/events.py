@@ -73,6 +73,19 @@ class Events:
     def __len__(self) -> int:
         return len(self.weight)
 
+    def without_users(self, user_ids: list[str]) -> Events:
+        keep = pc.invert(pc.is_in(self.users, value_set=pa.array(user_ids, pa.string())))
+        mask = np.asarray(keep)
+        return Events(
+            users=pc.filter(self.users, keep),
+            items=pc.filter(self.items, keep),
+            weight=self.weight[mask],
+            timestamp=None if self.timestamp is None else self.timestamp[mask],
+            rows_read=self.rows_read,
+            skipped=self.skipped,
+            filtered=self.filtered + int((~mask).sum()),
+        )
+
 
 def detect_format(path: Path) -> Format:
     suffixes = [s.lower() for s in path.suffixes if s.lower() not in (".gz", ".xz", ".bz2", ".zst")]

@@ -12,7 +12,7 @@ from shopping_guide_contracts import training_result
 
 from .algorithms import Value, fit, resolve_params
 from .ann import AnnIndex
-from .artifacts import ModelStore
+from .artifacts import ModelStore, forgotten_users
 from .catalog import Catalog, CatalogSchema, catalog_from_table, derive_from_events, load_catalog
 from .content import build_text_index, content_similarity
 from .errors import ArtifactError, ConfigError
@@ -85,6 +85,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
         return now
 
     events = load_events(config.events, config.schema, config.format, config.on_invalid)
+    forgotten = forgotten_users(config.model_store)
+    if forgotten:
+        # Users who asked to be forgotten are never learned from again.
+        events = events.without_users(forgotten)
     mark = lap("load", started)
     data = build_interactions(
         events,

@@ -181,3 +181,24 @@ def test_termination_message_drops_detail_to_fit() -> None:
     assert "tuning" not in decoded and decoded["truncated"] and decoded["timings"] == {"fit": 1.0}
     with pytest.raises(training_result.ResultError):
         training_result.encode_termination_message({**document, "data": {"x": "y" * 5000}})
+
+
+def test_forget_user_reaches_every_version_and_the_next_training(
+    two_taste_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = str(tmp_path / "models")
+    common = ["train", "--events", str(two_taste_csv), "--model-store", store]
+    for algorithm in ("als", "itemknn"):
+        assert main([*common, "--algorithm", algorithm]) == 0
+    capsys.readouterr()
+    assert main(["forget-user", "--model-store", store, "a-user-3"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["versions"]) == 2
+    models = ModelStore(Path(store))
+    for version in models.versions():
+        loaded = models.load(version)  # checksums re-verified after the rewrite
+        assert "a-user-3" not in set(loaded.user_ids)
+        assert loaded.model.user_items.shape[0] == len(loaded.user_ids) == 59
+    assert main([*common, "--algorithm", "itemknn"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["data"]["users"] == 59
+    assert "a-user-3" not in set(models.load(result["version"]).user_ids)

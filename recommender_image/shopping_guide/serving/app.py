@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import time
@@ -13,10 +14,13 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..artifacts import forget_user
+from ..errors import ArtifactError
 from .feedback import Served, ServedLog
+from .guide import QueryError, guide, profile
 from .metrics import ServerMetrics
 from .registry import Registry, Snapshot
-from .scorer import ServingModel
+from .scorer import Filters, ServingModel
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,8 @@ _ENDPOINTS = {
     "/v1/recommendations:batch": "batch",
     "/v1/items/{item_id}/similar": "similar",
     "/v1/feedback": "feedback",
+    "/v1/users/{user_id}/profile": "profile",
+    "/v1/guide": "guide",
 }
 
 REGISTRY = web.AppKey("registry", Registry)
@@ -110,6 +116,33 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _price(value: Any, name: str) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        price = float(value)
+    except (TypeError, ValueError) as exc:
+        raise RequestError(f"invalid_{name}", f"{name} must be a number") from exc
+    if not price >= 0:
+        raise RequestError(f"invalid_{name}", f"{name} must be >= 0")
+    return price
+
+
+def _filters(options: Mapping[str, Any]) -> Filters | None:
+    """Catalogue filters from a JSON `filters` object or from query parameters."""
+    raw = options.get("filters", options)
+    if not isinstance(raw, Mapping):
+        raise RequestError("invalid_filters", "filters must be an object")
+    categories = raw.get("categories", raw.get("category"))
+    filters = Filters(
+        categories=tuple(_ids(categories, "categories")),
+        min_price=_price(raw.get("min_price"), "min_price"),
+        max_price=_price(raw.get("max_price"), "max_price"),
+        in_stock_only=_flag(raw.get("in_stock_only"), "in_stock_only", False),
+    )
+    return None if filters.empty else filters
+
+
 # Handlers --------------------------------------------------------------------------------
 def _recommend_one(
     request: web.Request, snapshot: Snapshot, options: Mapping[str, Any]
@@ -121,12 +154,17 @@ def _recommend_one(
     allow = None if allow_raw is None else _ids(allow_raw, "allow_items")
     exclude_seen = _flag(options.get("exclude_seen"), "exclude_seen", True)
     recent = _ids(options.get("recent_items"), "recent_items")
+    filters = _filters(options)
     model, cohort = snapshot.route(user_id)
     if model is None:
         raise RequestError("no_model", "no model is loaded yet", 503)
-    ranked = model.recommend(
-        user_id, k, exclude=exclude, allow=allow, exclude_seen=exclude_seen, recent_items=recent
-    )
+    try:
+        ranked = model.recommend(
+            user_id, k, exclude=exclude, allow=allow, exclude_seen=exclude_seen,
+            recent_items=recent, filters=filters,
+        )  # fmt: skip
+    except ArtifactError as exc:
+        raise RequestError("no_catalog", str(exc)) from exc
     app = request.app
     metrics = app[METRICS]
     recommendation_id = uuid.uuid4().hex
@@ -218,6 +256,53 @@ async def similar_items(request: web.Request) -> web.Response:
             ],
         }
     )
+
+
+async def user_profile(request: web.Request) -> web.Response:
+    user_id = _user_id(request.match_info["user_id"])
+    model, cohort = request.app[REGISTRY].snapshot.route(user_id)
+    if model is None:
+        raise RequestError("no_model", "no model is loaded yet", 503)
+    request["labels"] = (model.version, cohort)
+    found = profile(model, user_id)
+    if found is None:
+        raise RequestError("unknown_user", f"model {model.version} knows nothing of this user", 404)
+    return web.json_response({**found, "cohort": cohort})
+
+
+async def guide_query(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    query = body.get("query")
+    if not isinstance(query, str):
+        raise RequestError("invalid_query", "query is required and must be a string")
+    user = body.get("user_id")
+    user_id = None if user is None else _user_id(user)
+    k = _k(body.get("k"))
+    snapshot = request.app[REGISTRY].snapshot
+    model, cohort = snapshot.route(user_id) if user_id else (snapshot.stable, "stable")
+    if model is None:
+        raise RequestError("no_model", "no model is loaded yet", 503)
+    request["labels"] = (model.version, cohort)
+    try:
+        answer = guide(model, query, user_id, k, _filters(body) or Filters())
+    except QueryError as exc:
+        raise RequestError("invalid_query", str(exc)) from exc
+    return web.json_response({**answer, "cohort": cohort})
+
+
+async def forget(request: web.Request) -> web.Response:
+    token = request.app[STATE].get("admin_token")
+    if not token:
+        raise RequestError("disabled", "forgetting users is not enabled on this server", 404)
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise RequestError("unauthorized", "a valid bearer token is required", 401)
+    user_id = _user_id(request.match_info["user_id"])
+    registry = request.app[REGISTRY]
+    changed = await asyncio.to_thread(forget_user, registry.store, user_id)
+    await registry.reload(changed)
+    log.warning("forgot a user in %d model versions", len(changed))
+    return web.json_response({"forgotten": True, "versions": changed})
 
 
 async def feedback(request: web.Request) -> web.Response:
@@ -314,12 +399,13 @@ def build_app(
     metrics: ServerMetrics | None = None,
     served_capacity: int = 200_000,
     reload_interval: float = 2.0,
+    admin_token: str | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[errors_and_metrics], client_max_size=MAX_BODY_BYTES)
     app[REGISTRY] = registry
     app[METRICS] = metrics or ServerMetrics()
     app[SERVED] = ServedLog(served_capacity)
-    app[STATE] = {}
+    app[STATE] = {"admin_token": admin_token}
     server_metrics = app[METRICS]
     registry.subscribe(lambda snapshot: _publish(server_metrics, snapshot))
     app.router.add_get("/v1/recommendations", recommendations_get)
@@ -327,6 +413,9 @@ def build_app(
     app.router.add_post("/v1/recommendations:batch", recommendations_batch)
     app.router.add_get("/v1/items/{item_id}/similar", similar_items)
     app.router.add_post("/v1/feedback", feedback)
+    app.router.add_get("/v1/users/{user_id}/profile", user_profile)
+    app.router.add_delete("/v1/users/{user_id}", forget)
+    app.router.add_post("/v1/guide", guide_query)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)

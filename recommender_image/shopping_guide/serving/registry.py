@@ -160,6 +160,20 @@ class Registry:
         for listener in self._listeners:
             listener(self.snapshot)
 
+    async def reload(self, versions: list[str]) -> None:
+        """Load these versions again from the store (after they were rewritten)."""
+        async with self._lock:
+            current = self.snapshot
+            models = dict(current.models)
+            for version in versions:
+                if version in models:
+                    models[version] = await asyncio.to_thread(self._load, version)
+            self.snapshot = Snapshot(
+                current.routing, models, current.failures, current.generation_applied
+            )
+            for listener in self._listeners:
+                listener(self.snapshot)
+
     async def watch(self, interval: float) -> None:
         while True:
             try:

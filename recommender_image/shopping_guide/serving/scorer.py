@@ -18,12 +18,45 @@ import scipy.sparse as sp
 
 from ..ann import AnnIndex
 from ..artifacts import LoadedModel
+from ..catalog import Catalog
+from ..content import TextIndex
 from ..errors import ArtifactError
 from .ids import IdIndex
 
 Strategy = Literal["personalized", "fold_in", "popular"]
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Catalogue filters of a request; each needs the catalogue the model was trained with."""
+
+    categories: tuple[str, ...] = ()
+    min_price: float | None = None
+    max_price: float | None = None
+    in_stock_only: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (self.categories or self.in_stock_only) and (
+            self.min_price is None and self.max_price is None
+        )
+
+    def mask(self, catalog: Catalog | None, n_items: int) -> npt.NDArray[np.bool_]:
+        if catalog is None:
+            raise ArtifactError("this model was trained without a catalogue: no filters")
+        mask = np.ones(n_items, dtype=bool)
+        if self.categories:
+            wanted = np.isin(catalog.category_names, [c.lower() for c in self.categories])
+            mask &= np.asarray(catalog.categories[:, wanted].sum(axis=1)).ravel() > 0
+        if self.min_price is not None:
+            mask &= catalog.price >= self.min_price  # unknown (NaN) prices never match
+        if self.max_price is not None:
+            mask &= catalog.price <= self.max_price
+        if self.in_stock_only:
+            mask &= catalog.in_stock
+        return mask
 
 
 @dataclass
@@ -64,6 +97,8 @@ class ServingModel:
         if factors is not None:
             norms = np.linalg.norm(factors, axis=1).astype(np.float32)
             self.item_norms = np.where(norms > 0, norms, 1.0).astype(np.float32)
+        self.catalog = Catalog.from_arrays(loaded.extras, loaded.item_ids)
+        self.text_index = TextIndex.from_arrays(loaded.extras)
         self.ann: AnnIndex | None = None
         if loaded.model.ann_index is not None:
             self.ann = AnnIndex.from_bytes(loaded.model.ann_index)
@@ -105,6 +140,11 @@ class ServingModel:
 
     def _dense_scores(self, vector: FloatArray | None, row: sp.csr_matrix) -> FloatArray | None:
         model = self.model
+        if model.content_similarity is not None and model.content_weight > 0 and row.nnz:
+            vectors = None if vector is None else vector.reshape(1, -1)
+            if model.item_factors is not None and vectors is None:
+                vectors = np.zeros((1, model.item_factors.shape[1]), np.float32)
+            return np.asarray(model.score(None, row, vectors)[0], dtype=np.float32)
         if model.similarity is not None:
             if row.nnz == 0:
                 return None
@@ -122,6 +162,7 @@ class ServingModel:
         allow: Sequence[str] | None = None,
         exclude_seen: bool = True,
         recent_items: Sequence[str] = (),
+        filters: Filters | None = None,
     ) -> Ranked:
         user = self.users.one(user_id)
         strategy: Strategy = "personalized"
@@ -129,19 +170,15 @@ class ServingModel:
         if user >= 0:
             row = self._history_row(user)
         else:
-            recent = self.items.lookup(recent_items)
-            unknown = [i for i, idx in zip(recent_items, recent, strict=True) if idx < 0]
-            known = np.unique(recent[recent >= 0])
-            row = sp.csr_matrix(
-                (np.ones(len(known), np.float32), known, [0, len(known)]),
-                shape=(1, self.history.shape[1]),
-            )
+            row, unknown = self._row_from_items(recent_items)
             strategy = "fold_in"
         excluded = self.items.lookup(exclude)
         excluded = excluded[excluded >= 0]
+        candidates = self.candidates(allow, filters)
         vector = self._user_vector(user if user >= 0 else None, row)
+        hybrid = self.model.content_similarity is not None and self.model.content_weight > 0
 
-        if vector is not None and allow is None:
+        if vector is not None and candidates is None and not hybrid:
             # The common path: a native top-k over the factors, no dense score copy.
             blocked = row.indices.astype(np.int64) if exclude_seen else np.empty(0, np.int64)
             if self.ann is not None and user >= 0:
@@ -157,14 +194,35 @@ class ServingModel:
         if exclude_seen:
             scores_all[row.indices] = -np.inf
         scores_all[excluded] = -np.inf
-        if allow is not None:
-            allowed = self.items.lookup(allow)
-            allowed = np.unique(allowed[allowed >= 0])
-            mask = np.full(len(scores_all), -np.inf, dtype=np.float32)
-            mask[allowed] = 0.0
-            scores_all = scores_all + mask
+        if candidates is not None:
+            scores_all[~candidates] = -np.inf
         top = _top(scores_all, k)
         return Ranked(self._names(top), scores_all[top].tolist(), strategy, unknown)
+
+    def _row_from_items(self, item_ids: Sequence[str]) -> tuple[sp.csr_matrix, list[str]]:
+        found = self.items.lookup(item_ids)
+        unknown = [i for i, idx in zip(item_ids, found, strict=True) if idx < 0]
+        known = np.unique(found[found >= 0])
+        row = sp.csr_matrix(
+            (np.ones(len(known), np.float32), known, [0, len(known)]),
+            shape=(1, self.history.shape[1]),
+        )
+        return row, unknown
+
+    def candidates(
+        self, allow: Sequence[str] | None, filters: Filters | None
+    ) -> npt.NDArray[np.bool_] | None:
+        """Items a request may return (None: all): the allow-list and the catalogue filters."""
+        if allow is None and (filters is None or filters.empty):
+            return None
+        mask = np.ones(self.history.shape[1], dtype=bool)
+        if allow is not None:
+            allowed = self.items.lookup(allow)
+            mask[:] = False
+            mask[allowed[allowed >= 0]] = True
+        if filters is not None and not filters.empty:
+            mask &= filters.mask(self.catalog, self.history.shape[1])
+        return mask
 
     def _exact_top(
         self, vector: FloatArray, k: int, seen: sp.csr_matrix | None, excluded: IntArray

@@ -1,0 +1,160 @@
+"""The catalogue-aware endpoints over real HTTP: filters, profiles, the guide, forgetting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shopping_guide.artifacts import AUDIT_LOG, ModelStore
+from shopping_guide.cli import main
+from tests.conftest import two_taste_rows
+from tests.server.conftest import Models, RoutingDir, Server, _ready, free_port
+
+TOKEN = "s3cret-token"
+
+
+def write_catalog(path: Path) -> None:
+    lines = ["item_id,title,category,price,in_stock"]
+    for i in range(12):
+        lines.append(
+            f"a{i},Paper lantern number {i},lighting,{1 + i},{'false' if i == 3 else 'true'}"
+        )
+        lines.append(f"b{i},Ceramic mug number {i},kitchen,{2 + i},true")
+    lines.append("a99,Glass lantern brand new,lighting,5,true")
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def hybrid_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("hybrid")
+    events = root / "events.csv"
+    events.write_text("user_id,item_id\n" + "".join(f"{u},{i}\n" for u, i in two_taste_rows()))
+    write_catalog(root / "catalog.csv")
+    store = root / "store"
+    out = root / "result.json"
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = main(["train", "--events", str(events), "--catalog", str(root / "catalog.csv"),
+                     "--catalog-stock-col", "in_stock", "--model-store", str(store),
+                     "--algorithm", "itemknn", "--content-weight", "0.3"])  # fmt: skip
+    assert code == 0
+    out.write_text(buffer.getvalue())
+    return store, json.loads(buffer.getvalue())["version"]
+
+
+@pytest.fixture
+def guide_server(hybrid_store: tuple[Path, str], tmp_path: Path) -> Iterator[Server]:
+    store, version = hybrid_store
+    routing = RoutingDir(tmp_path / "routing")
+    routing.write({"stable": version, "salt": "s", "generation": 1})
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    port = free_port()
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shopping_guide.cli", "serve", "--model-store", str(store),
+             "--routing", str(routing.path), "--host", "127.0.0.1", "--port", str(port),
+             "--reload-interval", "0.2", "--admin-token-file", str(token)],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )  # fmt: skip
+    srv = Server(f"http://127.0.0.1:{port}", process, routing, Models(store, version, version), log)
+    try:
+        srv.wait_for(lambda: _ready(srv))
+        yield srv
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
+
+
+def test_filters_by_category_price_and_stock(guide_server: Server) -> None:
+    status, body = guide_server.request("POST", "/v1/recommendations", {
+        "user_id": "b-user-1", "k": 20,
+        "filters": {"category": "lighting", "max_price": 6, "in_stock_only": True}})  # fmt: skip
+    assert status == 200 and body["items"]
+    ids = {i["item_id"] for i in body["items"]}
+    assert ids <= {"a0", "a1", "a2", "a4", "a5", "a99"}  # lanterns up to 6, a3 out of stock
+    status, body = guide_server.get("/v1/recommendations?user_id=a-user-2&category=kitchen&k=30")
+    assert {i["item_id"][0] for i in body["items"]} == {"b"}
+
+
+def test_new_item_reaches_lantern_buyers(guide_server: Server) -> None:
+    # Nobody bought a99 yet: only its content (a lantern) can place it above every mug.
+    _, body = guide_server.get("/v1/recommendations?user_id=a-user-0&k=6")
+    ids = [i["item_id"] for i in body["items"]]
+    assert "a99" in ids
+    assert all(i.startswith("a") for i in ids[: ids.index("a99") + 1])
+
+
+def test_profile(guide_server: Server) -> None:
+    status, body = guide_server.get("/v1/users/a-user-4/profile")
+    assert status == 200
+    assert body["top_categories"][0] == {"category": "lighting", "affinity": 1.0}
+    assert body["interactions"]["items"] >= 8 and len(body["top_items"]) <= 10
+    assert body["cohort"] == "stable"
+    status, body = guide_server.get("/v1/users/nobody/profile")
+    assert status == 404 and body["error"]["code"] == "unknown_user"
+
+
+def test_guide_understands_price_and_category(guide_server: Server) -> None:
+    status, body = guide_server.request(
+        "POST", "/v1/guide", {"query": "a paper lantern under £4.5", "user_id": "b-user-0", "k": 5}
+    )
+    assert status == 200, body
+    assert "price <= 4.5" in body["constraints"]
+    assert "category: lighting" not in body["constraints"]  # "lantern" is not a category name
+    assert body["matched_words"] == ["lantern", "paper"]
+    assert body["items"] and all(i["price"] <= 4.5 for i in body["items"])
+    assert all("lantern" in i["matched"] for i in body["items"])
+    status, body = guide_server.request(
+        "POST", "/v1/guide", {"query": "lighting", "user_id": "a-user-1", "k": 3}
+    )
+    assert status == 200 and body["personalized"] is True
+    assert "category: lighting" in body["constraints"]
+    assert all(i["item_id"].startswith("a") for i in body["items"])
+    assert all("because_you_bought" in i for i in body["items"])
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"query": "   "}, "empty"),
+        ({"query": "x" * 501}, "longer than 500"),
+        ({"query": "quantum flux capacitor"}, "appears in the catalogue"),
+        ({}, "query is required"),
+    ],
+)
+def test_bad_guide_queries(guide_server: Server, payload: dict[str, str], message: str) -> None:
+    status, body = guide_server.request("POST", "/v1/guide", payload)
+    assert status == 400 and message in body["error"]["message"]
+
+
+def test_forgetting_a_user(guide_server: Server, hybrid_store: tuple[Path, str]) -> None:
+    store, version = hybrid_store
+    status, _ = guide_server.request("DELETE", "/v1/users/a-user-7")
+    assert status == 401
+    guide_server_headers = {"Authorization": f"Bearer {TOKEN}"}
+    import urllib.request
+
+    request = urllib.request.Request(
+        guide_server.url + "/v1/users/a-user-7", method="DELETE", headers=guide_server_headers
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert json.loads(response.read())["versions"] == [version]
+    _, body = guide_server.get("/v1/recommendations?user_id=a-user-7")
+    assert body["cold_start"] and body["strategy"] == "popular"
+    assert guide_server.get("/v1/users/a-user-7/profile")[0] == 404
+    loaded = ModelStore(store).load(version)
+    assert "a-user-7" not in set(loaded.user_ids) and len(loaded.user_ids) == 59
+    audit = (store / AUDIT_LOG).read_text()
+    assert "a-user-7" not in audit and '"forget-user"' in audit
