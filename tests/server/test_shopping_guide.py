@@ -93,6 +93,8 @@ def test_new_item_reaches_lantern_buyers(guide_server: Server) -> None:
     _, body = guide_server.get("/v1/recommendations?user_id=a-user-0&k=6")
     ids = [i["item_id"] for i in body["items"]]
     assert "a99" in ids
+    titles = {i["item_id"]: i["title"] for i in body["items"]}
+    assert titles["a99"] == "Glass lantern brand new"
     assert all(i.startswith("a") for i in ids[: ids.index("a99") + 1])
 
 

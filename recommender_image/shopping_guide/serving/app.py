@@ -143,6 +143,19 @@ def _filters(options: Mapping[str, Any]) -> Filters | None:
     return None if filters.empty else filters
 
 
+def _items(model: ServingModel, item_ids: list[str], scores: list[float]) -> list[dict[str, Any]]:
+    """Response items; with a catalogue, each also carries its title."""
+    items: list[dict[str, Any]] = [
+        {"item_id": i, "score": round(s, 6)} for i, s in zip(item_ids, scores, strict=True)
+    ]
+    if model.catalog is not None and items:
+        for item, index in zip(items, model.items.lookup(item_ids), strict=True):
+            title = str(model.catalog.titles[index])
+            if title:
+                item["title"] = title
+    return items
+
+
 # Handlers --------------------------------------------------------------------------------
 def _recommend_one(
     request: web.Request, snapshot: Snapshot, options: Mapping[str, Any]
@@ -182,10 +195,7 @@ def _recommend_one(
         "cohort": cohort,
         "cold_start": ranked.strategy != "personalized",
         "strategy": ranked.strategy,
-        "items": [
-            {"item_id": i, "score": round(s, 6)}
-            for i, s in zip(ranked.item_ids, ranked.scores, strict=True)
-        ],
+        "items": _items(model, ranked.item_ids, ranked.scores),
     }
     if ranked.unknown_items:
         body["unknown_items"] = ranked.unknown_items[:100]
@@ -250,10 +260,7 @@ async def similar_items(request: web.Request) -> web.Response:
             "item_id": item_id,
             "model_version": model.version,
             "cohort": cohort,
-            "items": [
-                {"item_id": i, "score": round(s, 6)}
-                for i, s in zip(ranked.item_ids, ranked.scores, strict=True)
-            ],
+            "items": _items(model, ranked.item_ids, ranked.scores),
         }
     )
 
