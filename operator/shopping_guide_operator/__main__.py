@@ -1,0 +1,81 @@
+"""`python -m shopping_guide_operator` / `shopping-guide-operator`: run the operator.
+
+Uses the in-cluster service account, or the current kubeconfig ($KUBECONFIG) outside one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="shopping-guide-operator", description="Runs the ShoppingGuide operator."
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch this namespace (repeatable; glob patterns allowed)",
+    )
+    scope.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="watch every namespace (default)"
+    )
+    peering = parser.add_mutually_exclusive_group()
+    peering.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="coordinate replicas through this kopf peering object (needs kopf's peering "
+        "CRDs): only the replica with the highest priority works, the others stand by",
+    )
+    peering.add_argument("--standalone", action="store_true", help="no peering at all")
+    parser.add_argument("--priority", type=int, default=None, help="peering priority")
+    parser.add_argument(
+        "--liveness",
+        metavar="URL",
+        default=None,
+        help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz",
+    )
+    parser.add_argument(
+        "--resync",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how often each guide is reconciled without any event (default 60)",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.log_level != "DEBUG":
+        # kopf logs every watch-event handler call at INFO: one line per Job or pod change.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    import kopf
+
+    from . import handlers  # registers the handlers with kopf's default registry
+
+    if args.resync is not None:
+        handlers.OPTIONS["resync"] = args.resync
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        standalone=True if args.standalone else None,
+        peering_name=args.peering,
+        priority=args.priority,
+        liveness_endpoint=args.liveness,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Metadata, names and security settings shared by every owned object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..constants import (
+    APP_NAME,
+    LABEL_COMPONENT,
+    LABEL_GUIDE,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    MANAGED_BY,
+    RUN_AS_USER,
+)
+from ..spec import JSON, Guide, Placement
+
+
+def routing_configmap_name(guide: Guide) -> str:
+    return f"{guide.name}-routing"
+
+
+def cronjob_name(guide: Guide) -> str:
+    return f"{guide.name}-train"
+
+
+def job_name(guide: Guide, run_key: str, attempt: int) -> str:
+    # The CRD caps guide names at 40 characters, so this stays within 63.
+    return f"{guide.name}-train-{run_key[:8]}-{attempt}"
+
+
+def labels(guide: Guide, component: str) -> dict[str, str]:
+    return {
+        LABEL_NAME: APP_NAME,
+        LABEL_INSTANCE: guide.name,
+        LABEL_COMPONENT: component,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_GUIDE: guide.name,
+    }
+
+
+def selector(guide: Guide, component: str) -> dict[str, str]:
+    """The immutable subset of `labels` that Deployments, Services and PDBs select on."""
+    return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: guide.name, LABEL_COMPONENT: component}
+
+
+def metadata(guide: Guide, name: str, component: str, **extra: Any) -> JSON:
+    return {
+        "name": name,
+        "namespace": guide.namespace,
+        "labels": labels(guide, component),
+        "ownerReferences": [guide.owner_reference],
+        **extra,
+    }
+
+
+def pod_security_context() -> JSON:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        # Lets the non-root user write to a freshly provisioned model store volume.
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> JSON:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def placement(spec: Placement) -> JSON:
+    out: JSON = {}
+    if spec.node_selector:
+        out["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        out["tolerations"] = [dict(t) for t in spec.tolerations]
+    return out
+
+
+def pull_secrets(guide: Guide) -> JSON:
+    if not guide.image_pull_secrets:
+        return {}
+    return {"imagePullSecrets": [{"name": n} for n in guide.image_pull_secrets]}
+
+
+def tmp_volume() -> tuple[JSON, JSON]:
+    """A writable /tmp: the root filesystem is read-only."""
+    return (
+        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+        {"name": "tmp", "mountPath": "/tmp"},
+    )

@@ -1,0 +1,118 @@
+"""The serving Deployment: every pod holds the routed model versions and reads the routing file.
+
+The routing ConfigMap is mounted as a directory, never with subPath: kubelet then swaps a
+symlink when the ConfigMap changes and the server picks the new routing up, so a promotion
+restarts no pod. The pod template depends on the spec only, never on the routing.
+"""
+
+from __future__ import annotations
+
+from shopping_guide_contracts.routing import CONFIGMAP_KEY
+
+from ..constants import COMPONENT_SERVING, MODEL_MOUNT, ROUTING_MOUNT, SERVER_CONTAINER
+from ..spec import JSON, Guide
+from .common import (
+    container_security_context,
+    labels,
+    metadata,
+    placement,
+    pod_security_context,
+    pull_secrets,
+    routing_configmap_name,
+    selector,
+    tmp_volume,
+)
+
+
+def server_args(guide: Guide) -> list[str]:
+    return [
+        "serve",
+        "--model-store",
+        MODEL_MOUNT,
+        "--routing",
+        f"{ROUTING_MOUNT}/{CONFIGMAP_KEY}",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(guide.serving.port),
+    ]
+
+
+def build_deployment(guide: Guide) -> JSON:
+    serving = guide.serving
+    tmp, tmp_mount = tmp_volume()
+    container: JSON = {
+        "name": SERVER_CONTAINER,
+        "image": guide.image,
+        "imagePullPolicy": guide.image_pull_policy,
+        "command": ["shopping-guide"],
+        "args": server_args(guide),
+        "ports": [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}],
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            # Ready once the stable model is loaded and verified.
+            "httpGet": {"path": "/readyz", "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "resources": dict(serving.resources),
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": "models", "mountPath": MODEL_MOUNT, "readOnly": True},
+            {"name": "routing", "mountPath": ROUTING_MOUNT, "readOnly": True},
+            tmp_mount,
+        ],
+    }
+    pod_labels = labels(guide, COMPONENT_SERVING)
+    spec: JSON = {
+        "selector": {"matchLabels": selector(guide, COMPONENT_SERVING)},
+        "strategy": {
+            "type": "RollingUpdate",
+            # Never below the serving capacity while a new image rolls out.
+            "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
+        },
+        "template": {
+            "metadata": {
+                "labels": pod_labels,
+                "annotations": {
+                    "prometheus.io/scrape": "true",
+                    "prometheus.io/port": str(serving.port),
+                    "prometheus.io/path": "/metrics",
+                },
+            },
+            "spec": {
+                "automountServiceAccountToken": False,
+                "securityContext": pod_security_context(),
+                "terminationGracePeriodSeconds": 30,
+                "containers": [container],
+                "volumes": [
+                    {
+                        "name": "models",
+                        "persistentVolumeClaim": {
+                            "claimName": guide.model_store_claim,
+                            "readOnly": True,
+                        },
+                    },
+                    {"name": "routing", "configMap": {"name": routing_configmap_name(guide)}},
+                    tmp,
+                ],
+                **placement(serving.placement),
+                **pull_secrets(guide),
+            },
+        },
+    }
+    # With an HPA the replica count is its business alone: leaving the field out is what
+    # keeps the operator, GitOps and the HPA from fighting over it.
+    if serving.autoscaling is None:
+        spec["replicas"] = serving.replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(guide, guide.name, COMPONENT_SERVING),
+        "spec": spec,
+    }

@@ -1,0 +1,248 @@
+"""One level-based pass over one ShoppingGuide: observe, decide, apply, write status once.
+
+Every pass re-reads the guide and its children and computes everything from them and from
+status, so it does not matter which event woke it, how many were missed, or whether the
+operator restarted in between. Builders and the decisions are pure; this module only wires
+them to the `Cluster` and counts nothing but what it observes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import runs
+from .builders.common import cronjob_name, routing_configmap_name
+from .builders.deployment import build_deployment
+from .builders.hpa import build_hpa
+from .builders.networkpolicy import build_network_policy
+from .builders.pdb import build_pdb
+from .builders.routing import build_routing_configmap
+from .builders.service import build_service
+from .builders.training import TRIGGER_SCHEDULE, build_cronjob, build_job
+from .conditions import parse_rfc3339
+from .constants import (
+    COMPONENT_TRAINING,
+    LABEL_COMPONENT,
+    LABEL_GUIDE,
+    LABEL_TRIGGER,
+    TRAINER_CONTAINER,
+)
+from .kube import ApiError, Cluster, NotOwnedError, ensure, ensure_absent, owned_by, status_patch
+from .spec import JSON, Guide, SpecError
+from .status import (
+    DeploymentView,
+    Event,
+    Observed,
+    finish,
+    next_routing,
+    record_finished,
+    routing_status,
+)
+
+log = logging.getLogger(__name__)
+
+RESYNC_SECONDS = 60.0
+BUSY_SECONDS = 15.0
+ERROR_SECONDS = 10.0
+
+
+@dataclass
+class PassResult:
+    body: JSON
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float = RESYNC_SECONDS
+    status_written: bool = False
+
+
+def job_view(job: JSON) -> runs.JobView:
+    meta, status = job.get("metadata", {}), job.get("status") or {}
+    trigger = (meta.get("labels") or {}).get(LABEL_TRIGGER, "")
+    started = parse_rfc3339(status.get("startTime"))
+    for condition in status.get("conditions") or []:
+        if condition.get("status") != "True":
+            continue
+        if condition.get("type") == "Complete":
+            finished = parse_rfc3339(
+                status.get("completionTime") or condition.get("lastTransitionTime")
+            )
+            return runs.JobView(meta["name"], trigger, "Succeeded", started, finished)
+        if condition.get("type") == "Failed":
+            reason = condition.get("message") or condition.get("reason") or ""
+            finished = parse_rfc3339(condition.get("lastTransitionTime"))
+            return runs.JobView(meta["name"], trigger, "Failed", started, finished, reason)
+    return runs.JobView(meta["name"], trigger, "Active", started)
+
+
+def training_jobs(cluster: Cluster, guide: Guide) -> list[runs.JobView]:
+    """Our on-demand Jobs, and the Jobs our CronJob created (owned by the CronJob)."""
+    items = cluster.list(
+        "Job", guide.namespace, {LABEL_GUIDE: guide.name, LABEL_COMPONENT: COMPONENT_TRAINING}
+    )
+    mine = []
+    for job in items:
+        refs = job.get("metadata", {}).get("ownerReferences") or []
+        from_cron = any(
+            r.get("kind") == "CronJob" and r.get("name") == cronjob_name(guide) for r in refs
+        )
+        if owned_by(job, guide.uid) or from_cron:
+            mine.append(job_view(job))
+    return mine
+
+
+def termination_message(cluster: Cluster, namespace: str, job: str) -> str | None:
+    """The trainer's result: the termination message of the Job's last terminated pod."""
+    pods = cluster.list("Pod", namespace, {"batch.kubernetes.io/job-name": job})
+    pods.sort(key=lambda p: p.get("metadata", {}).get("creationTimestamp", ""), reverse=True)
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            if status.get("name") != TRAINER_CONTAINER:
+                continue
+            for state in (status.get("state"), status.get("lastState")):
+                message = ((state or {}).get("terminated") or {}).get("message")
+                if message:
+                    return str(message)
+    return None
+
+
+def _write_status(cluster: Cluster, guide_body: JSON, old: JSON, new: JSON) -> bool:
+    patch = status_patch(old, new)
+    if patch is None:
+        return False
+    meta = guide_body["metadata"]
+    try:
+        cluster.patch_status(meta["namespace"], meta["name"], patch)
+    except ApiError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def _fail_spec(cluster: Cluster, body: JSON, error: str, now: float) -> PassResult:
+    old = body.get("status") or {}
+    generation = int(body["metadata"].get("generation", 0))
+    new, events = finish(copy.deepcopy(old), Observed(generation, spec_error=error), now)
+    written = _write_status(cluster, body, old, new)
+    return PassResult(body, events, RESYNC_SECONDS, written)
+
+
+def reconcile(
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    now: float,
+    resync: float = RESYNC_SECONDS,
+) -> PassResult | None:
+    """One pass; None when the guide is gone or going (owner references clean up)."""
+    body = cluster.get("ShoppingGuide", namespace, name)
+    if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+        return None
+    try:
+        guide = Guide.parse(body)
+    except SpecError as exc:
+        return _fail_spec(cluster, body, str(exc), now)
+
+    old: JSON = body.get("status") or {}
+    status: dict[str, Any] = copy.deepcopy(old)
+    stable: str | None = (status.get("stable") or {}).get("version")
+    events: list[Event] = []
+    errors: list[str] = []
+
+    reader: Callable[[runs.JobView], str | None] = lambda job: termination_message(  # noqa: E731
+        cluster, namespace, job.name
+    )
+    step = runs.advance(
+        status.get("training") or {}, guide, stable, training_jobs(cluster, guide), now, reader
+    )
+    status["training"] = step.training
+    if step.create is not None:
+        job = build_job(
+            guide, step.create.run_key, step.create.attempt, step.create.trigger, stable
+        )
+        try:
+            cluster.create(job)
+            started = f"started {job['metadata']['name']} ({step.create.trigger})"
+            events.append(("Normal", "TrainingStarted", started))
+        except ApiError as exc:
+            if exc.status != 409:  # 409: created by an earlier pass that wrote no status
+                errors.append(f"training Job: {exc.message}")
+    for superseded in step.delete:
+        try:
+            cluster.delete("Job", namespace, superseded)
+            events.append(
+                ("Normal", "TrainingSuperseded", f"stopped {superseded}: the model spec changed")
+            )
+        except ApiError as exc:
+            errors.append(f"Job {superseded}: {exc.message}")
+    if step.finished is not None:
+        status, finished_events = record_finished(status, step.finished, now)
+        events += finished_events
+        stable = (status.get("stable") or {}).get("version")
+
+    routing = next_routing(status.get("routing"), stable, guide.routing_salt)
+    status["routing"] = routing_status(routing, routing_configmap_name(guide))
+
+    wanted: list[JSON] = [build_routing_configmap(guide, routing), build_service(guide)]
+    absent: list[tuple[str, str]] = []
+    optional = [("CronJob", cronjob_name(guide), build_cronjob(guide, stable))]
+    if stable is not None:
+        # Serving starts once a model passed the gate: before that a pod has nothing to load.
+        wanted.append(build_deployment(guide))
+        optional += [
+            ("HorizontalPodAutoscaler", guide.name, build_hpa(guide)),
+            ("PodDisruptionBudget", guide.name, build_pdb(guide)),
+            ("NetworkPolicy", guide.name, build_network_policy(guide)),
+        ]
+    for kind, child, manifest in optional:
+        if manifest is None:
+            absent.append((kind, child))
+        else:
+            wanted.append(manifest)
+
+    deployment: JSON | None = None
+    for manifest in wanted:
+        try:
+            live, _ = ensure(cluster, manifest, guide.uid)
+        except (ApiError, NotOwnedError) as exc:
+            errors.append(f"{manifest['kind']} {manifest['metadata']['name']}: {exc}")
+            continue
+        if manifest["kind"] == "Deployment":
+            deployment = live
+    for kind, child in absent:
+        try:
+            ensure_absent(cluster, kind, namespace, child, guide.uid)
+        except ApiError as exc:
+            errors.append(f"{kind} {child}: {exc.message}")
+
+    waiting = None if step.active else step.training.get("nextAttemptAt")
+    seen = Observed(
+        generation=guide.generation,
+        apply_errors=tuple(errors),
+        deployment=DeploymentView.of(deployment),
+        active_jobs=step.active,
+        next_attempt_at=waiting,
+    )
+    new, condition_events = finish(status, seen, now)
+    written = _write_status(cluster, body, old, new)
+    return PassResult(body, events + condition_events, _requeue(step, seen, now, resync), written)
+
+
+def _requeue(step: runs.Step, seen: Observed, now: float, resync: float) -> float:
+    if step.finished is not None:
+        return 0.0  # another finished Job may be waiting to be judged
+    delays = [resync]
+    retry_at = parse_rfc3339(seen.next_attempt_at)
+    if retry_at is not None:
+        delays.append(max(0.5, retry_at - now + 0.5))
+    if seen.apply_errors:
+        delays.append(ERROR_SECONDS)
+    if step.active or (seen.deployment.exists and not seen.deployment.rolled_out):
+        delays.append(BUSY_SECONDS)
+    return min(delays)
+
+
+__all__ = ["TRIGGER_SCHEDULE", "PassResult", "reconcile"]

@@ -1,0 +1,308 @@
+"""`ShoppingGuide` objects, parsed once into typed values that every builder takes.
+
+The CRD's schema applies the defaults and rejects bad input at apply time; the same defaults
+are repeated here so that a builder fed a plain dict (a unit test, an older object stored
+before a default existed) behaves like one fed an object from the API server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .constants import ANNOTATION_RETRAIN, API_VERSION, KIND
+
+JSON = dict[str, Any]
+
+# The model params each algorithm takes, spec name -> trainer name (`--param NAME=VALUE`).
+MODEL_PARAMS: dict[str, dict[str, str]] = {
+    "als": {
+        "factors": "factors",
+        "iterations": "iterations",
+        "regularization": "regularization",
+        "alpha": "alpha",
+        "weighting": "weighting",
+    },
+    "bpr": {
+        "factors": "factors",
+        "iterations": "iterations",
+        "learningRate": "learning_rate",
+        "regularization": "regularization",
+        "weighting": "weighting",
+    },
+    "itemknn": {"similarity": "similarity", "neighbours": "neighbours", "k1": "k1", "b": "b"},
+}
+
+
+class SpecError(ValueError):
+    """A spec the operator cannot act on (the CRD schema normally stops these earlier)."""
+
+
+def _obj(parent: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = parent.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{key} must be an object")
+    return value
+
+
+def _claim(parent: Mapping[str, Any], where: str) -> str:
+    claim = _obj(parent, "persistentVolumeClaim").get("claimName")
+    if not isinstance(claim, str) or not claim:
+        raise SpecError(f"{where}.persistentVolumeClaim.claimName is required")
+    return claim
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a pod may run: copied verbatim into the pod spec."""
+
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[JSON, ...] = ()
+
+    @classmethod
+    def parse(cls, spec: Mapping[str, Any]) -> Placement:
+        return cls(
+            node_selector=dict(_obj(spec, "nodeSelector")),
+            tolerations=tuple(dict(t) for t in spec.get("tolerations") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class Data:
+    claim: str
+    path: str
+    format: str | None
+    columns: Mapping[str, str]
+    on_invalid: str
+    event_weights: Mapping[str, float]
+    half_life_days: float | None
+    min_user_items: int | None
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> Data:
+        interactions = _obj(data, "interactions")
+        path = interactions.get("path")
+        if not isinstance(path, str) or not path or path.startswith("/"):
+            raise SpecError("data.interactions.path must be a path relative to the claim")
+        columns = {"user": "user_id", "item": "item_id", **_obj(interactions, "columns")}
+        return cls(
+            claim=_claim(interactions, "data.interactions"),
+            path=path,
+            format=interactions.get("format"),
+            columns=columns,
+            on_invalid=str(interactions.get("onInvalid", "skip")),
+            event_weights={k: float(v) for k, v in _obj(data, "eventWeights").items()},
+            half_life_days=data.get("halfLifeDays"),
+            min_user_items=data.get("minUserItems"),
+        )
+
+
+@dataclass(frozen=True)
+class Model:
+    algorithm: str
+    params: Mapping[str, Any]
+
+    @classmethod
+    def parse(cls, model: Mapping[str, Any]) -> Model:
+        algorithm = str(model.get("algorithm", "als"))
+        if algorithm not in MODEL_PARAMS:
+            raise SpecError(f"model.algorithm {algorithm!r} is not one of als, bpr, itemknn")
+        names = MODEL_PARAMS[algorithm]
+        foreign = sorted(k for k in model if k != "algorithm" and k not in names)
+        if foreign:
+            raise SpecError(f"model.{', '.join(foreign)} do not apply to {algorithm}")
+        return cls(algorithm, {names[k]: v for k, v in model.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Gate:
+    metric: str = "ndcg@10"
+    minimum: float = 0.0
+    max_regression: float | None = 0.02
+
+
+@dataclass(frozen=True)
+class Training:
+    schedule: str | None
+    time_zone: str | None
+    gate: Gate
+    evaluation: Mapping[str, Any]
+    tune: Mapping[str, Any]
+    retry_initial: str
+    retry_max: str
+    active_deadline_seconds: int
+    resources: Mapping[str, Any]
+    placement: Placement
+
+    @classmethod
+    def parse(cls, training: Mapping[str, Any]) -> Training:
+        gate = _obj(training, "qualityGate")
+        retry = _obj(training, "retry")
+        regression = gate.get("maxRegression", 0.02)
+        return cls(
+            schedule=training.get("schedule") or None,
+            time_zone=training.get("timeZone") or None,
+            gate=Gate(
+                metric=str(gate.get("metric", "ndcg@10")),
+                minimum=float(gate.get("minimum", 0.0)),
+                max_regression=None if regression is None else float(regression),
+            ),
+            evaluation={
+                "k": 10,
+                "split": "random",
+                "testFraction": 0.2,
+                "seed": 0,
+                **_obj(training, "evaluation"),
+            },
+            tune={"enabled": False, **_obj(training, "tune")},
+            retry_initial=str(retry.get("initialDelay", "30s")),
+            retry_max=str(retry.get("maxDelay", "30m")),
+            active_deadline_seconds=int(training.get("activeDeadlineSeconds", 21600)),
+            resources=dict(_obj(training, "resources")),
+            placement=Placement.parse(training),
+        )
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    min_replicas: int
+    max_replicas: int
+    target_cpu: int | None
+    metric_name: str | None
+    metric_average: str | None
+
+
+@dataclass(frozen=True)
+class Serving:
+    replicas: int
+    port: int
+    resources: Mapping[str, Any]
+    service_type: str
+    service_port: int
+    autoscaling: Autoscaling | None
+    pdb: Mapping[str, Any] | None
+    network_policy_from: tuple[JSON, ...] | None
+    placement: Placement
+
+    @classmethod
+    def parse(cls, serving: Mapping[str, Any]) -> Serving:
+        scaling = _obj(serving, "autoscaling")
+        autoscaling = None
+        if serving.get("autoscaling") is not None and scaling.get("enabled", True):
+            metric = _obj(scaling, "metric")
+            autoscaling = Autoscaling(
+                min_replicas=int(scaling.get("minReplicas", 2)),
+                max_replicas=int(scaling.get("maxReplicas", scaling.get("minReplicas", 2))),
+                target_cpu=scaling.get("targetCPUUtilizationPercentage"),
+                metric_name=metric.get("name"),
+                metric_average=None if not metric else str(metric.get("averageValue")),
+            )
+            if autoscaling.min_replicas > autoscaling.max_replicas:
+                raise SpecError("serving.autoscaling.minReplicas must not exceed maxReplicas")
+        pdb = {"enabled": True, **_obj(serving, "podDisruptionBudget")}
+        policy = _obj(serving, "networkPolicy")
+        service = _obj(serving, "service")
+        return cls(
+            replicas=int(serving.get("replicas", 2)),
+            port=int(serving.get("port", 8080)),
+            resources=dict(
+                _obj(serving, "resources")
+                or {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
+            ),
+            service_type=str(service.get("type", "ClusterIP")),
+            service_port=int(service.get("port", 80)),
+            autoscaling=autoscaling,
+            pdb=pdb if pdb["enabled"] else None,
+            network_policy_from=(
+                tuple(dict(p) for p in policy.get("from") or ())
+                if serving.get("networkPolicy") is not None and policy.get("enabled", True)
+                else None
+            ),
+            placement=Placement.parse(serving),
+        )
+
+
+@dataclass(frozen=True)
+class Guide:
+    """One ShoppingGuide: identity, the parsed spec, and what the operator reads of it."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    image: str
+    image_pull_policy: str
+    image_pull_secrets: tuple[str, ...]
+    data: Data
+    model_store_claim: str
+    keep: int
+    model: Model
+    training: Training
+    serving: Serving
+    rollout: Mapping[str, Any] | None
+    retrain_token: str
+    raw_spec: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> Guide:
+        meta = _obj(body, "metadata")
+        spec = _obj(body, "spec")
+        image = spec.get("image")
+        if not isinstance(image, str) or not image:
+            raise SpecError("spec.image is required")
+        store = _obj(spec, "modelStore")
+        return cls(
+            name=str(meta.get("name", "")),
+            namespace=str(meta.get("namespace", "")),
+            uid=str(meta.get("uid", "")),
+            generation=int(meta.get("generation", 0)),
+            image=image,
+            image_pull_policy=str(spec.get("imagePullPolicy", "IfNotPresent")),
+            image_pull_secrets=tuple(s["name"] for s in spec.get("imagePullSecrets") or ()),
+            data=Data.parse(_obj(spec, "data")),
+            model_store_claim=_claim(store, "modelStore"),
+            keep=int(store.get("keep", 5)),
+            model=Model.parse(_obj(spec, "model")),
+            training=Training.parse(_obj(spec, "training")),
+            serving=Serving.parse(_obj(spec, "serving")),
+            rollout=dict(spec["rollout"]) if spec.get("rollout") else None,
+            retrain_token=str(_obj(meta, "annotations").get(ANNOTATION_RETRAIN, "")),
+            raw_spec=spec,
+        )
+
+    @property
+    def owner_reference(self) -> JSON:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+    def model_spec_hash(self) -> str:
+        """Hash of everything that changes what a training run produces.
+
+        The quality gate, schedule, resources and placement are left out on purpose: changing
+        them must not retrain.
+        """
+        training = _obj(self.raw_spec, "training")
+        relevant = {
+            "data": self.raw_spec.get("data"),
+            "model": self.raw_spec.get("model"),
+            "evaluation": training.get("evaluation"),
+            "tune": training.get("tune"),
+        }
+        text = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def routing_salt(self) -> str:
+        # Derived from the uid: stable for the life of the resource, new for a re-created one.
+        return hashlib.sha256(f"routing:{self.uid}".encode()).hexdigest()[:16]

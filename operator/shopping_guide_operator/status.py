@@ -1,0 +1,243 @@
+"""The whole status of one pass, computed from what was observed. Pure.
+
+Reconcile gathers observations, this module turns them into the next status document and the
+events that explain the change; reconcile then writes the status once, and only if it differs.
+`canary` is reserved for the rollout state machine and stays null while a model that passes
+the gate becomes stable directly. `routing.generation` rises with every change of the routing
+document, which is how serving pods (and later the rollout) tell routings apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shopping_guide_contracts.routing import Routing
+
+from . import conditions as c
+from .conditions import Condition, now_rfc3339
+from .runs import Finished
+
+HISTORY_LIMIT = 10
+Event = tuple[str, str, str]  # (Normal|Warning, reason, message)
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    exists: bool
+    generation: int = 0
+    observed_generation: int = 0
+    replicas: int = 0
+    ready: int = 0
+    updated: int = 0
+    available: bool = False
+
+    @classmethod
+    def of(cls, live: Mapping[str, Any] | None) -> DeploymentView:
+        if live is None:
+            return cls(exists=False)
+        status = live.get("status") or {}
+        available = any(
+            x.get("type") == "Available" and x.get("status") == "True"
+            for x in status.get("conditions") or []
+        )
+        return cls(
+            exists=True,
+            generation=int(live.get("metadata", {}).get("generation", 0)),
+            observed_generation=int(status.get("observedGeneration", 0)),
+            replicas=int(status.get("replicas", 0)),
+            ready=int(status.get("readyReplicas", 0)),
+            updated=int(status.get("updatedReplicas", 0)),
+            available=available,
+        )
+
+    @property
+    def rolled_out(self) -> bool:
+        return (
+            self.observed_generation >= self.generation
+            and self.updated >= self.replicas
+            and self.ready >= self.replicas
+        )
+
+
+def record_finished(
+    status: dict[str, Any], finished: Finished, now: float
+) -> tuple[dict[str, Any], list[Event]]:
+    """Fold one judged training run into status: last run, history, maybe a new stable."""
+    status = dict(status)
+    run: dict[str, Any] = {
+        "job": finished.job,
+        "trigger": finished.trigger,
+        "outcome": finished.outcome,
+        "message": finished.message,
+        "finishedAt": now_rfc3339(finished.finished_at),
+    }
+    if finished.started_at is not None:
+        run["startedAt"] = now_rfc3339(finished.started_at)
+    if finished.version:
+        run["version"] = finished.version
+        run["metrics"] = dict(finished.metrics)
+    status["lastTrainingRun"] = run
+    events: list[Event] = []
+    if finished.outcome == "Failed":
+        events.append(("Warning", c.TRAINING_FAILED, f"{finished.job}: {finished.message}"))
+        return status, events
+
+    entry = {
+        "version": finished.version,
+        "outcome": finished.outcome,
+        "reason": finished.message,
+        "job": finished.job,
+        "at": now_rfc3339(now),
+        "metrics": dict(finished.metrics),
+    }
+    status["history"] = [entry, *(status.get("history") or [])][:HISTORY_LIMIT]
+    if finished.outcome == "Promoted":
+        status["stable"] = {
+            "version": finished.version,
+            "metrics": dict(finished.metrics),
+            "job": finished.job,
+            "promotedAt": now_rfc3339(now),
+        }
+        events.append(
+            ("Normal", "ModelPromoted", f"{finished.version} is stable: {finished.message}")
+        )
+    else:
+        rejected = f"{finished.version} rejected by the quality gate: {finished.message}"
+        events.append(("Warning", c.MODEL_REJECTED, rejected))
+    return status, events
+
+
+def next_routing(previous: Mapping[str, Any] | None, stable: str | None, salt: str) -> Routing:
+    """The routing for this pass; the generation rises only when the content changes."""
+    previous = previous or {}
+    generation = int(previous.get("generation", 0))
+    same = (previous.get("stable"), previous.get("canary"), previous.get("weight", 0)) == (
+        stable,
+        None,
+        0,
+    )
+    if not same or not previous:
+        generation += 1
+    return Routing(
+        stable=stable, canary=None, canary_weight_basis_points=0, salt=salt, generation=generation
+    )
+
+
+def routing_status(routing: Routing, configmap: str) -> dict[str, Any]:
+    return {
+        "configMap": configmap,
+        "generation": routing.generation,
+        "stable": routing.stable,
+        "canary": routing.canary,
+        "weight": routing.canary_weight_basis_points / 100,
+    }
+
+
+@dataclass(frozen=True)
+class Observed:
+    generation: int
+    spec_error: str | None = None
+    apply_errors: tuple[str, ...] = ()
+    deployment: DeploymentView = field(default_factory=lambda: DeploymentView(exists=False))
+    active_jobs: tuple[str, ...] = ()
+    next_attempt_at: str | None = None
+
+
+def wanted_conditions(status: Mapping[str, Any], seen: Observed) -> list[Condition]:
+    stable = (status.get("stable") or {}).get("version")
+    last = status.get("lastTrainingRun") or {}
+    deployment = seen.deployment
+
+    if stable is None:
+        ready = Condition(
+            c.READY, False, c.NO_STABLE_MODEL, "no model has passed the quality gate yet"
+        )
+    elif not deployment.exists:
+        ready = Condition(
+            c.READY, False, c.DEPLOYMENT_UNAVAILABLE, "the serving Deployment does not exist yet"
+        )
+    elif deployment.available and deployment.ready > 0:
+        ready = Condition(
+            c.READY, True, c.AVAILABLE, f"serving {stable} from {deployment.ready} ready pods"
+        )
+    else:
+        counts = f"{deployment.ready}/{deployment.replicas} serving pods ready"
+        ready = Condition(c.READY, False, c.DEPLOYMENT_UNAVAILABLE, counts)
+
+    if seen.active_jobs:
+        training = Condition(
+            c.TRAINING, True, c.JOB_RUNNING, f"training Job {', '.join(seen.active_jobs)} running"
+        )
+    elif seen.next_attempt_at:
+        training = Condition(
+            c.TRAINING, False, c.WAITING_TO_RETRY, f"next attempt at {seen.next_attempt_at}"
+        )
+    else:
+        detail = f"last run {last['job']}: {last['outcome']}" if last else "no training run yet"
+        training = Condition(c.TRAINING, False, c.IDLE, detail)
+
+    if stable is None:
+        progressing = Condition(
+            c.PROGRESSING,
+            True,
+            c.AWAITING_MODEL,
+            "waiting for the first model to pass the quality gate",
+        )
+    elif not deployment.exists or not deployment.rolled_out:
+        progressing = Condition(
+            c.PROGRESSING,
+            True,
+            c.ROLLING_OUT,
+            f"rolling out the serving Deployment ({deployment.updated}/"
+            f"{deployment.replicas} updated)",
+        )
+    else:
+        progressing = Condition(c.PROGRESSING, False, c.CONVERGED, f"serving {stable}")
+
+    if seen.spec_error:
+        degraded = Condition(c.DEGRADED, True, c.INVALID_SPEC, seen.spec_error)
+    elif seen.apply_errors:
+        degraded = Condition(c.DEGRADED, True, c.APPLY_FAILED, "; ".join(seen.apply_errors))
+    elif last.get("outcome") == "Failed":
+        degraded = Condition(c.DEGRADED, True, c.TRAINING_FAILED, str(last.get("message", "")))
+    elif last.get("outcome") == "Rejected" and stable is None:
+        degraded = Condition(
+            c.DEGRADED, True, c.MODEL_REJECTED, f"{last.get('version')}: {last.get('message', '')}"
+        )
+    else:
+        degraded = Condition(c.DEGRADED, False, c.HEALTHY, "no problem observed")
+    return [ready, training, progressing, degraded]
+
+
+def finish(
+    status: dict[str, Any], seen: Observed, now: float
+) -> tuple[dict[str, Any], list[Event]]:
+    """Conditions, phase, message and observedGeneration: the last step of a pass."""
+    status = dict(status)
+    previous = list(status.get("conditions") or [])
+    status["conditions"] = c.set_conditions(
+        previous, wanted_conditions(status, seen), now, seen.generation
+    )
+    status["phase"] = c.phase(status["conditions"])
+    by_type = {x["type"]: x for x in status["conditions"]}
+    lead = {
+        c.PHASE_DEGRADED: c.DEGRADED,
+        c.PHASE_READY: c.READY,
+        c.PHASE_TRAINING: c.TRAINING,
+        c.PHASE_PROGRESSING: c.PROGRESSING,
+    }.get(status["phase"], c.READY)
+    status["message"] = by_type[lead]["message"]
+    status["observedGeneration"] = seen.generation
+    status["readyReplicas"] = seen.deployment.ready
+    return prune_none(status), c.transitions(previous, status["conditions"])
+
+
+def prune_none(value: Any) -> Any:
+    """Drop null members: a merge patch reads null as "delete", so stored status has none."""
+    if isinstance(value, dict):
+        return {k: prune_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [prune_none(v) for v in value]
+    return value

@@ -1,0 +1,101 @@
+"""One worker loop per ShoppingGuide, woken by watch events and by its own requeue timer.
+
+kopf runs `run_worker` as the guide's daemon, so each guide has exactly one pass in flight
+(no two passes race on one status), and kopf stops the daemon when peering pauses this
+replica or the guide is deleted. Watch events only set a flag: however many arrive during a
+pass, they cause one more pass, never a queue of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from .kube import Cluster
+from .reconcile import ERROR_SECONDS, PassResult, reconcile
+from .status import Event
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+EventPoster = Callable[[PassResult, Event], None]
+
+
+class Stopped(Protocol):
+    """The part of kopf's DaemonStopped the loop needs."""
+
+    def __bool__(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> Awaitable[object]: ...
+
+
+class Wakeups:
+    """A flag per guide; the loop sleeps on it between passes."""
+
+    def __init__(self) -> None:
+        self._events: dict[Key, asyncio.Event] = {}
+
+    def flag(self, key: Key) -> asyncio.Event:
+        return self._events.setdefault(key, asyncio.Event())
+
+    def wake(self, key: Key) -> None:
+        event = self._events.get(key)
+        if event is not None:
+            event.set()
+
+    def forget(self, key: Key) -> None:
+        self._events.pop(key, None)
+
+
+WAKEUPS = Wakeups()
+
+
+async def _sleep(flag: asyncio.Event, stopped: Stopped, seconds: float) -> None:
+    waiters = {
+        asyncio.ensure_future(flag.wait()),
+        asyncio.ensure_future(stopped.wait()),
+    }
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def run_worker(
+    key: Key,
+    cluster: Cluster,
+    stopped: Stopped,
+    post: EventPoster,
+    resync: float,
+    wakeups: Wakeups = WAKEUPS,
+) -> None:
+    namespace, name = key
+    flag = wakeups.flag(key)
+    failures = 0
+    try:
+        while not stopped:
+            flag.clear()
+            try:
+                # The API client is synchronous: run the pass off the event loop.
+                result = await asyncio.to_thread(
+                    reconcile, cluster, namespace, name, time.time(), resync
+                )
+            except Exception:
+                failures += 1
+                delay = min(resync, ERROR_SECONDS * 2 ** min(failures - 1, 5))
+                log.exception("reconcile of %s/%s failed; again in %.0fs", namespace, name, delay)
+            else:
+                failures = 0
+                if result is None:
+                    delay = resync
+                else:
+                    for event in result.events:
+                        post(result, event)
+                    delay = result.requeue_after
+            if delay > 0:
+                await _sleep(flag, stopped, delay)
+    finally:
+        wakeups.forget(key)
