@@ -31,8 +31,10 @@ def server_args(guide: Guide) -> list[str]:
         MODEL_MOUNT,
         "--routing",
         f"{ROUTING_MOUNT}/{CONFIGMAP_KEY}",
+        # The pod's own address (kubelet expands $(POD_IP) from the env below): the same in a
+        # real cluster, and what lets many serving pods share one host in local runs.
         "--host",
-        "0.0.0.0",
+        "$(POD_IP)",
         "--port",
         str(guide.serving.port),
     ]
@@ -47,6 +49,10 @@ def build_deployment(guide: Guide) -> JSON:
         "imagePullPolicy": guide.image_pull_policy,
         "command": ["shopping-guide"],
         "args": server_args(guide),
+        "env": [
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "OPENBLAS_NUM_THREADS", "value": "1"},
+        ],
         "ports": [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}],
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "http"},

@@ -66,6 +66,11 @@ def test_deployment_is_hardened_and_mounts_the_routing_as_a_directory(
     assert container["command"] == ["shopping-guide"]
     assert container["args"][:1] == ["serve"]
     assert "/etc/shopping-guide/routing/routing.json" in container["args"]
+    # The server binds the pod's own address, expanded by kubelet from the downward API.
+    host = container["args"][container["args"].index("--host") + 1]
+    assert host == "$(POD_IP)"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert "subPath" not in mounts["routing"]
     assert mounts["models"]["readOnly"] is True
