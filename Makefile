@@ -39,7 +39,11 @@ test: cluster-binaries ## every test: unit, quality and end-to-end
 bench: ## benchmarks; prints JSON
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
-.PHONY: help install lint format test test-unit test-e2e bench
+chart-sync: ## copy the CRDs and RBAC rules into the Helm chart (one source: crds/, operator/rbac/)
+	cp crds/*.yaml charts/shopping-guide/crds/
+	cp operator/rbac/role.yaml charts/shopping-guide/files/role.yaml
+
+.PHONY: help install lint format test test-unit test-e2e bench chart-sync
 
 ifneq ($(wildcard hack/cluster.mk),)
 include hack/cluster.mk

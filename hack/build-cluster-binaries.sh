@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Builds the binaries of a local Kubernetes control plane from Go modules:
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes),
+# etcd, kwok and helm. Binaries land in a cache directory keyed by the pinned versions,
+# outside the clone, and each one is skipped when it is already there at the right version.
+#
+# Usage: hack/build-cluster-binaries.sh            build what is missing, print the bin dir
+#        hack/build-cluster-binaries.sh --bin-dir  print the bin dir only (builds nothing)
+set -euo pipefail
+
+K8S_VERSION=v1.34.4
+ETCD_VERSION=v3.5.35
+KWOK_VERSION=v0.7.0
+HELM_VERSION=v3.22.0
+
+CACHE_ROOT=${SHOPPING_GUIDE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/shopping-guide}
+KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
+BIN_DIR="$CACHE_ROOT/$KEY/bin"
+WORK_DIR="$CACHE_ROOT/$KEY/work"
+TIMES_FILE="$CACHE_ROOT/$KEY/build-times.txt"
+
+if [[ "${1:-}" == "--bin-dir" ]]; then
+    echo "$BIN_DIR"
+    exit 0
+fi
+
+command -v go >/dev/null || { echo "error: go is not on PATH" >&2; exit 1; }
+
+# Never fetch another toolchain; the builds must work with the installed Go.
+export GOTOOLCHAIN=local
+export GOFLAGS=-mod=mod
+export CGO_ENABLED=0
+
+mkdir -p "$BIN_DIR" "$WORK_DIR"
+
+log() { printf '[build-cluster-binaries] %s\n' "$*" >&2; }
+
+# True when $1 exists and its embedded build info names module $2 at version $3
+# (as the main module or as a dependency).
+has_module_version() {
+    local bin=$1 mod=$2 ver=$3
+    [[ -x "$bin" ]] || return 1
+    go version -m "$bin" 2>/dev/null |
+        awk -v m="$mod" -v v="$ver" '($1 == "mod" || $1 == "dep") && $2 == m && $3 == v {f=1} END {exit !f}'
+}
+
+# Records "<name> <seconds>" for the summary and the times file.
+declare -a TIMINGS=()
+timed() {
+    local name=$1; shift
+    local start end
+    start=$(date +%s)
+    "$@"
+    end=$(date +%s)
+    TIMINGS+=("$name $((end - start))s")
+    echo "$(date -u +%FT%TZ) $name $((end - start))s" >>"$TIMES_FILE"
+}
+
+# --- Kubernetes -------------------------------------------------------------------------
+k8s_minor=${K8S_VERSION#v1.}
+k8s_minor=${k8s_minor%%.*}
+staging_version="v0.${K8S_VERSION#v1.}"
+K8S_LDFLAGS="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    K8S_LDFLAGS+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$k8s_minor"
+    K8S_LDFLAGS+=" -X $pkg.gitTreeState=clean"
+done
+
+k8s_module_dir="$WORK_DIR/kubernetes"
+
+# k8s.io/kubernetes replaces its staging modules with ./staging/src/...; a throwaway main
+# module has to point each of them at its published version instead. The list comes from
+# the tagged go.mod so that it follows the release.
+prepare_k8s_module() {
+    [[ -f "$k8s_module_dir/go.mod" ]] && return 0
+    mkdir -p "$k8s_module_dir"
+    local upstream
+    upstream=$(cd "$k8s_module_dir" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
+        sed -n 's/^\t"GoMod": "\(.*\)",$/\1/p')
+    [[ -f "$upstream" ]] || { log "cannot find go.mod of k8s.io/kubernetes@$K8S_VERSION"; exit 1; }
+    local go_line godebug_lines replaces
+    go_line=$(grep -m1 '^go ' "$upstream")
+    godebug_lines=$(grep '^godebug ' "$upstream" || true)
+    replaces=$(awk -v v="$staging_version" \
+        '$2 == "=>" && $3 ~ /^\.\/staging\/src\// {printf "\t%s => %s %s\n", $1, $1, v}' "$upstream")
+    [[ -n "$replaces" ]] || { log "no staging replace directives found in $upstream"; exit 1; }
+    {
+        echo "module shopping-guide.local/k8s-build"
+        echo
+        echo "$go_line"
+        [[ -n "$godebug_lines" ]] && printf '\n%s\n' "$godebug_lines"
+        echo
+        echo "require k8s.io/kubernetes $K8S_VERSION"
+        echo
+        echo "replace ("
+        echo "$replaces"
+        echo ")"
+    } >"$k8s_module_dir/go.mod.tmp"
+    mv "$k8s_module_dir/go.mod.tmp" "$k8s_module_dir/go.mod"
+    log "wrote $k8s_module_dir/go.mod ($(grep -c '=>' "$k8s_module_dir/go.mod") staging replaces)"
+}
+
+k8s_binary_ok() {
+    local name=$1 out
+    has_module_version "$BIN_DIR/$name" k8s.io/kubernetes "$K8S_VERSION" || return 1
+    if [[ "$name" == kubectl ]]; then
+        out=$("$BIN_DIR/$name" version --client 2>/dev/null) || return 1
+    else
+        out=$("$BIN_DIR/$name" --version 2>/dev/null) || return 1
+    fi
+    [[ "$out" == *"$K8S_VERSION"* ]]
+}
+
+build_k8s() {
+    local name=$1
+    (cd "$k8s_module_dir" &&
+        go build -trimpath -ldflags "$K8S_LDFLAGS" -o "$BIN_DIR/.$name.tmp" \
+            "k8s.io/kubernetes/cmd/$name")
+    mv "$BIN_DIR/.$name.tmp" "$BIN_DIR/$name"
+}
+
+for name in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    if k8s_binary_ok "$name"; then
+        log "$name $K8S_VERSION already built"
+        continue
+    fi
+    prepare_k8s_module
+    log "building $name $K8S_VERSION"
+    timed "$name" build_k8s "$name"
+done
+
+# --- etcd -------------------------------------------------------------------------------
+# go.etcd.io/etcd/server/v3 has replace directives of its own, so `go install pkg@version`
+# refuses it; a throwaway module that requires it builds the same main package.
+build_etcd() {
+    local dir="$WORK_DIR/etcd"
+    mkdir -p "$dir"
+    if [[ ! -f "$dir/go.mod" ]]; then
+        (cd "$dir" && go mod init shopping-guide.local/etcd-build >/dev/null 2>&1)
+    fi
+    (cd "$dir" &&
+        go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" &&
+        go build -trimpath -ldflags "-s -w" -o "$BIN_DIR/.etcd.tmp" go.etcd.io/etcd/server/v3)
+    mv "$BIN_DIR/.etcd.tmp" "$BIN_DIR/etcd"
+}
+
+if has_module_version "$BIN_DIR/etcd" go.etcd.io/etcd/server/v3 "$ETCD_VERSION"; then
+    log "etcd $ETCD_VERSION already built"
+else
+    log "building etcd $ETCD_VERSION"
+    timed etcd build_etcd
+fi
+
+# --- kwok and helm (plain go install) ----------------------------------------------------
+go_install() {
+    local name=$1 pkg=$2 ldflags=$3 tmp
+    tmp=$(mktemp -d "$WORK_DIR/gobin.XXXXXX")
+    GOBIN="$tmp" GOFLAGS='' go install -trimpath -ldflags "$ldflags" "$pkg"
+    mv "$tmp/$name" "$BIN_DIR/$name"
+    rmdir "$tmp"
+}
+
+if has_module_version "$BIN_DIR/kwok" sigs.k8s.io/kwok "$KWOK_VERSION"; then
+    log "kwok $KWOK_VERSION already built"
+else
+    log "building kwok $KWOK_VERSION"
+    timed kwok go_install kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "-s -w"
+fi
+
+if has_module_version "$BIN_DIR/helm" helm.sh/helm/v3 "$HELM_VERSION"; then
+    log "helm $HELM_VERSION already built"
+else
+    log "building helm $HELM_VERSION"
+    timed helm go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
+        "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+fi
+
+if ((${#TIMINGS[@]} > 0)); then
+    log "build times: ${TIMINGS[*]}"
+fi
+log "binaries are in $BIN_DIR"
+echo "$BIN_DIR"

@@ -1,0 +1,200 @@
+"""Fixtures for end-to-end tests against a real Kubernetes control plane.
+
+The session fixture `kube` uses the cluster that $KUBECONFIG points at when it answers;
+otherwise it starts the local one with hack/cluster.sh and stops it at the end (only if it
+started it). Every test under tests/e2e is marked `e2e`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER_SH = REPO / "hack" / "cluster.sh"
+BUILD_SH = REPO / "hack" / "build-cluster-binaries.sh"
+E2E_DIR = Path(__file__).resolve().parent
+# cluster.sh exits with this code when the binaries have not been built yet.
+MISSING_BINARIES = 3
+
+T = TypeVar("T")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # tryfirst: the marker must be on the items before `-m` deselection runs.
+    for item in items:
+        if E2E_DIR in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("SHOPPING_GUIDE_CLUSTER_DIR", REPO / ".cluster")).resolve()
+
+
+def bin_dir() -> Path:
+    override = os.environ.get("SHOPPING_GUIDE_K8S_BIN")
+    if override:
+        return Path(override)
+    out = subprocess.run(
+        [str(BUILD_SH), "--bin-dir"], check=True, capture_output=True, text=True
+    ).stdout
+    return Path(out.strip())
+
+
+def cluster_sh(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CLUSTER_SH), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@dataclass
+class Kube:
+    """A reachable cluster: kubeconfig, kubectl and a configured Python ApiClient."""
+
+    kubeconfig: Path
+    kubectl_path: str
+    api: client.ApiClient
+    # Set when hack/cluster.sh manages this cluster (needed to restart its components).
+    state: Path | None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def kubectl(
+        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [self.kubectl_path, "--kubeconfig", str(self.kubeconfig), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}"
+            )
+        return result
+
+    def wait_until(
+        self,
+        probe: Callable[[], T],
+        timeout: float,
+        what: str,
+        interval: float = 1.0,
+        ignore: tuple[type[BaseException], ...] = (),
+    ) -> T:
+        """Polls `probe` until it returns something truthy; returns that value."""
+        deadline = time.monotonic() + timeout
+        last_error: BaseException | None = None
+        while True:
+            try:
+                value = probe()
+                if value:
+                    return value
+            except ignore as exc:
+                last_error = exc
+            if time.monotonic() >= deadline:
+                detail = f" (last error: {last_error!r})" if last_error else ""
+                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+            time.sleep(interval)
+
+    def restart_apiserver(self) -> None:
+        if self.state is None:
+            pytest.skip("the cluster is not managed by hack/cluster.sh")
+        result = cluster_sh("restart-apiserver", timeout=300)
+        assert result.returncode == 0, result.stderr
+
+    def apiserver_pid(self) -> int:
+        assert self.state is not None
+        return int((self.state / "pids" / "kube-apiserver.pid").read_text())
+
+
+def api_client(kubeconfig: Path) -> client.ApiClient:
+    # The loader is untyped in some releases of the kubernetes package.
+    load: Any = config.new_client_from_config
+    api: client.ApiClient = load(config_file=str(kubeconfig))
+    return api
+
+
+def manifest(body: dict[str, Any]) -> Any:
+    """A plain manifest as a request body: every client release accepts dicts, but newer ones
+    annotate bodies with their model classes."""
+    return body
+
+
+def _answers(kubeconfig: Path) -> bool:
+    try:
+        api = api_client(kubeconfig)
+        client.VersionApi(api).get_code(_request_timeout=10)
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
+    state = state_dir()
+    started = False
+    external = os.environ.get("KUBECONFIG")
+    if external and _answers(Path(external)):
+        kubeconfig = Path(external).resolve()
+    else:
+        # Already up (make cluster-up): use it and leave it running.
+        if cluster_sh("status").returncode != 0:
+            result = cluster_sh("up")
+            if result.returncode == MISSING_BINARIES:
+                pytest.skip(
+                    f"control-plane binaries not built (make cluster-binaries):\n{result.stderr}"
+                )
+            if result.returncode != 0:
+                cluster_sh("down")
+                raise RuntimeError(f"hack/cluster.sh up failed:\n{result.stderr}")
+            started = True
+        kubeconfig = state / "kubeconfig"
+
+    kubectl = bin_dir() / "kubectl"
+    kubectl_path = str(kubectl) if kubectl.exists() else shutil.which("kubectl")
+    if kubectl_path is None:
+        pytest.skip("no kubectl found")
+    # kubectl's discovery cache goes to a temporary directory, not ~/.kube.
+    env = {**os.environ, "KUBECACHEDIR": str(tmp_path_factory.mktemp("kubectl-cache"))}
+    managed = kubeconfig == (state / "kubeconfig").resolve()
+    api = api_client(kubeconfig)
+    try:
+        yield Kube(kubeconfig, kubectl_path, api, state if managed else None, env)
+    finally:
+        if started:
+            result = cluster_sh("down")
+            assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (without waiting)."""
+    base = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_").lower())[:40]
+    base = base.strip("-")
+    name = f"e2e-{base}-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(kube.api)
+    core.create_namespace(manifest({"metadata": {"name": name}}))
+    try:
+        yield name
+    finally:
+        try:
+            core.delete_namespace(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
