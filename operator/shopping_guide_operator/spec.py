@@ -37,6 +37,10 @@ MODEL_PARAMS: dict[str, dict[str, str]] = {
 }
 
 
+# Keys of spec.model that are not trainer params: the algorithm, and the GitOps pin of serving.
+_MODEL_KEYS = ("algorithm", "pinnedVersion")
+
+
 class SpecError(ValueError):
     """A spec the operator cannot act on (the CRD schema normally stops these earlier)."""
 
@@ -82,6 +86,8 @@ class Data:
     event_weights: Mapping[str, float]
     half_life_days: float | None
     min_user_items: int | None
+    exclude_items: tuple[str, ...] = ()
+    catalog: Mapping[str, Any] | None = None
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> Data:
@@ -99,6 +105,8 @@ class Data:
             event_weights={k: float(v) for k, v in _obj(data, "eventWeights").items()},
             half_life_days=data.get("halfLifeDays"),
             min_user_items=data.get("minUserItems"),
+            exclude_items=tuple(str(i) for i in data.get("excludeItems") or ()),
+            catalog=data.get("catalog") or None,
         )
 
 
@@ -113,7 +121,7 @@ class Model:
         if algorithm not in MODEL_PARAMS:
             raise SpecError(f"model.algorithm {algorithm!r} is not one of als, bpr, itemknn")
         names = MODEL_PARAMS[algorithm]
-        foreign = sorted(k for k in model if k != "algorithm" and k not in names)
+        foreign = sorted(k for k in model if k not in _MODEL_KEYS and k not in names)
         if foreign:
             raise SpecError(f"model.{', '.join(foreign)} do not apply to {algorithm}")
         return cls(algorithm, {names[k]: v for k, v in model.items() if k in names})
@@ -247,6 +255,8 @@ class Guide:
     rollout: Mapping[str, Any] | None
     retrain_token: str
     raw_spec: Mapping[str, Any] = field(repr=False, compare=False)
+    pinned_version: str | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> Guide:
@@ -272,6 +282,8 @@ class Guide:
             serving=Serving.parse(_obj(spec, "serving")),
             rollout=dict(spec["rollout"]) if spec.get("rollout") else None,
             retrain_token=str(_obj(meta, "annotations").get(ANNOTATION_RETRAIN, "")),
+            pinned_version=str(_obj(spec, "model").get("pinnedVersion") or "") or None,
+            annotations={str(k): str(v) for k, v in _obj(meta, "annotations").items()},
             raw_spec=spec,
         )
 
@@ -293,9 +305,13 @@ class Guide:
         them must not retrain.
         """
         training = _obj(self.raw_spec, "training")
+        # Pinning what is served changes nothing that training produces.
+        model = self.raw_spec.get("model")
+        if isinstance(model, Mapping) and "pinnedVersion" in model:
+            model = {k: v for k, v in model.items() if k != "pinnedVersion"}
         relevant = {
             "data": self.raw_spec.get("data"),
-            "model": self.raw_spec.get("model"),
+            "model": model,
             "evaluation": training.get("evaluation"),
             "tune": training.get("tune"),
         }

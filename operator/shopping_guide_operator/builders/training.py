@@ -53,6 +53,16 @@ def trainer_args(guide: Guide, champion: str | None) -> list[str]:
         args += ["--half-life-days", _number(data.half_life_days)]
     if data.min_user_items is not None:
         args += ["--min-user-items", _number(data.min_user_items)]
+    if data.exclude_items:
+        args += ["--exclude-items", ",".join(data.exclude_items)]
+    from_events = (data.catalog or {}).get("fromEvents")
+    if from_events:
+        columns = [
+            from_events["title"],
+            *([from_events["price"]] if from_events.get("price") else []),
+        ]
+        args += ["--catalog-from-events", ",".join(columns)]
+        args += ["--content-weight", _number((data.catalog or {}).get("contentWeight", 0.3))]
     args += ["--model-store", MODEL_MOUNT, "--algorithm", guide.model.algorithm]
     for name, value in sorted(guide.model.params.items()):
         args += ["--param", f"{name}={_number(value)}"]
