@@ -39,11 +39,17 @@ test: cluster-binaries ## every test: unit, quality and end-to-end
 bench: ## benchmarks; prints JSON
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
+demo: install ## local control plane + operator + a shopping guide trained on Online Retail
+	$(BIN)/python hack/demo.py
+
+demo-down: ## stop the demo's operator, node, pods and the local control plane
+	$(BIN)/python hack/demo.py --down
+
 chart-sync: ## copy the CRDs and RBAC rules into the Helm chart (one source: crds/, operator/rbac/)
 	cp crds/*.yaml charts/shopping-guide/crds/
 	cp operator/rbac/role.yaml charts/shopping-guide/files/role.yaml
 
-.PHONY: help install lint format test test-unit test-e2e bench chart-sync
+.PHONY: help install lint format test test-unit test-e2e bench chart-sync demo demo-down
 
 ifneq ($(wildcard hack/cluster.mk),)
 include hack/cluster.mk
