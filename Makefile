@@ -45,9 +45,10 @@ demo: install ## local control plane + operator + a shopping guide trained on On
 demo-down: ## stop the demo's operator, node, pods and the local control plane
 	$(BIN)/python hack/demo.py --down
 
-chart-sync: ## copy the CRDs and RBAC rules into the Helm chart (one source: crds/, operator/rbac/)
+chart-sync: ## refresh what is generated from crds/ and operator/rbac/: chart copies, docs/reference.md
 	cp crds/*.yaml charts/shopping-guide/crds/
 	cp operator/rbac/role.yaml charts/shopping-guide/files/role.yaml
+	$(BIN)/python hack/crd_reference.py > docs/reference.md
 
 .PHONY: help install lint format test test-unit test-e2e bench chart-sync demo demo-down
 

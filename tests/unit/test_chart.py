@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,18 @@ def render(*values: str) -> list[dict[str, Any]]:
 def test_chart_copies_match_their_source(copy: str, source: str) -> None:
     assert (CHART / copy).read_text() == (REPO / source).read_text(), (
         f"charts/shopping-guide/{copy} drifted from {source}: run `make chart-sync`"
+    )
+
+
+def test_reference_documentation_is_generated_from_the_crd() -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "hack" / "crd_reference.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert (REPO / "docs" / "reference.md").read_text() == done.stdout, (
+        "docs/reference.md is out of date: run `make chart-sync`"
     )
 
 
