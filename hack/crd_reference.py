@@ -24,11 +24,8 @@ def rows(schema: dict[str, Any], path: str) -> list[tuple[str, str, str, str]]:
         if "enum" in prop:
             kind += " (" + " \\| ".join(str(v) for v in prop["enum"]) + ")"
         default = prop.get("default")
-        shown = (
-            ""
-            if default is None
-            else f"`{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}`"
-        )
+        flat = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...")
+        shown = "" if default is None else f"`{flat.strip()}`"
         description = " ".join(str(prop.get("description", "")).split())
         out.append((here, kind, shown, description))
         if prop.get("type") == "object":
