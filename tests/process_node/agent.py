@@ -13,7 +13,7 @@ from typing import Any
 from kubernetes import client
 
 from tests.process_node import procs
-from tests.process_node.ipam import AddressBook
+from tests.process_node.ipam import AddressBook, pool_for
 from tests.process_node.kube import Api
 from tests.process_node.node import NodeKeeper
 from tests.process_node.pod import PodWorker
@@ -34,7 +34,7 @@ class Agent:
         self.claims_root = state_dir / "claims"
         self.pods_root.mkdir(parents=True, exist_ok=True)
         self.claims_root.mkdir(parents=True, exist_ok=True)
-        self.book = AddressBook(state_dir / "pod-ips.json")
+        self.book = AddressBook(state_dir / "pod-ips.json", pool_for(node))
         self.keeper = NodeKeeper(api_client, node)
         self.api_server = str(api_client.configuration.host)
         self.workers: dict[str, PodWorker] = {}

@@ -9,11 +9,19 @@ from __future__ import annotations
 import ipaddress
 import json
 import threading
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
 # 127.0.0.0/16 is left alone (127.0.0.1 is the node itself, 127.0.0.53 a local resolver).
 POOL = ipaddress.IPv4Network("127.10.0.0/16")
+
+
+def pool_for(node: str) -> ipaddress.IPv4Network:
+    """A /16 of its own for each node name (127.10 to 127.249), so that two agents on one
+    machine (a demo beside a test run) never hand out the same address."""
+    second = 10 + zlib.crc32(node.encode()) % 240
+    return ipaddress.IPv4Network(f"127.{second}.0.0/16")
 
 
 class PoolExhaustedError(RuntimeError):

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.process_node import procs, spec
-from tests.process_node.ipam import AddressBook, PoolExhaustedError, allocate
+from tests.process_node.ipam import AddressBook, PoolExhaustedError, allocate, pool_for
 from tests.process_node.probes import ProbeState
 from tests.process_node.status import (
     ContainerRun,
@@ -367,3 +367,10 @@ def test_processes_record_their_exit_and_are_signalled_only_when_ours(tmp_path: 
         time.sleep(0.05)
     record = procs.exit_record(exit_file)
     assert record["exitCode"] == 128 + signal.SIGTERM and record["signal"] == signal.SIGTERM
+
+
+def test_each_node_gets_its_own_pool() -> None:
+    assert pool_for("local-0") == pool_for("local-0")
+    assert pool_for("local-0") != pool_for("e2e-node-1a2b")
+    assert all(str(pool_for(f"n{i}")).startswith("127.") for i in range(50))
+    assert all(10 <= int(str(pool_for(f"n{i}")).split(".")[1]) < 250 for i in range(50))
