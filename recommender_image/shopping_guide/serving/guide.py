@@ -140,7 +140,7 @@ def guide(
             "item_id": str(model.item_ids[item]),
             "title": _describe(model, int(item)),
             "score": round(float(scores[item]), 6),
-            "matched": sorted(words & set(tokenize_words(_describe(model, int(item))))),
+            "matched": _matched(model, int(item), matched),
         }
         price = model.catalog.price[item]
         if np.isfinite(price):
@@ -158,6 +158,15 @@ def guide(
         "model_version": model.version,
         "items": items,
     }
+
+
+def _matched(model: ServingModel, item: int, words: list[str]) -> list[str]:
+    """Query words in the item's own text: read off its row of the index, not re-tokenized."""
+    assert model.text_index is not None
+    index = model.text_index
+    lo, hi = index.matrix.indptr[item], index.matrix.indptr[item + 1]
+    terms = set(index.vocabulary[index.matrix.indices[lo:hi]].tolist())
+    return [w for w in words if w in terms]
 
 
 def tokenize_words(text: str) -> list[str]:
