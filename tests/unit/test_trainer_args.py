@@ -21,8 +21,10 @@ def test_online_retail_options_reach_the_trainer() -> None:
     args = trainer_args(
         guide(
             excludeItems=["POST", "BANK CHARGES"],
-            catalog={"fromEvents": {"title": "Description", "price": "UnitPrice"},
-                     "contentWeight": 0.25},
+            catalog={
+                "fromEvents": {"title": "Description", "price": "UnitPrice"},
+                "contentWeight": 0.25,
+            },
             minUserItems=5,
         ),
         champion="v1",
