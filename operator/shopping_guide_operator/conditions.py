@@ -29,6 +29,7 @@ IDLE = "Idle"
 ROLLING_OUT = "RollingOut"
 AWAITING_MODEL = "AwaitingFirstModel"
 CONVERGED = "Converged"
+CANARY = "CanaryInProgress"
 # Degraded
 HEALTHY = "Healthy"
 TRAINING_FAILED = "TrainingFailed"

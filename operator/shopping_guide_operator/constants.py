@@ -30,6 +30,13 @@ COMPONENT_TRAINING = "training"
 
 # Set it to any new value to ask for a training run now.
 ANNOTATION_RETRAIN = f"{GROUP}/retrain"
+# Manual control of a canary: each acts once per distinct value (the plugin writes a
+# timestamp); the handled value is remembered in status.manual, never written back here.
+ANNOTATION_PROMOTE = f"{GROUP}/promote"
+ANNOTATION_ABORT = f"{GROUP}/abort"
+ANNOTATION_RETRY = f"{GROUP}/retry"
+# `VERSION` or `VERSION@TOKEN`: make a version that was stable before serve again.
+ANNOTATION_ROLLBACK_TO = f"{GROUP}/rollback-to"
 # The hash of the model-affecting spec a training Job was started for.
 ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
 

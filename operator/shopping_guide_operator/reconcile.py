@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import runs
+from . import rollout, runs
 from .builders.common import cronjob_name, routing_configmap_name
 from .builders.deployment import build_deployment
 from .builders.hpa import build_hpa
@@ -136,6 +136,7 @@ def reconcile(
     name: str,
     now: float,
     resync: float = RESYNC_SECONDS,
+    providers: rollout.ProviderFactory = rollout.prometheus_provider,
 ) -> PassResult | None:
     """One pass; None when the guide is gone or going (owner references clean up)."""
     body = cluster.get("ShoppingGuide", namespace, name)
@@ -179,17 +180,23 @@ def reconcile(
         except ApiError as exc:
             errors.append(f"Job {superseded}: {exc.message}")
     if step.finished is not None:
-        status, finished_events = record_finished(status, step.finished, now)
-        events += finished_events
-        stable = (status.get("stable") or {}).get("version")
-
-    routing = next_routing(status.get("routing"), stable, guide.routing_salt)
+        events += _admit(status, step.finished, guide, stable, now)
+    progressed = rollout.progress(status, guide, providers, now)
+    events += progressed.events
+    stable = (status.get("stable") or {}).get("version")
+    # A pin decides what serves; the operator's own choice of stable stays in status.stable.
+    served = guide.pinned_version or stable
+    canary, weight = rollout.canary_routing(status, guide)
+    routing = next_routing(status.get("routing"), served, guide.routing_salt, canary, weight)
     status["routing"] = routing_status(routing, routing_configmap_name(guide))
+    if canary is not None:
+        # The generation that carries this weight is the one the pods must report.
+        status["canary"]["routing_generation"] = routing.generation
 
     wanted: list[JSON] = [build_routing_configmap(guide, routing), build_service(guide)]
     absent: list[tuple[str, str]] = []
     optional = [("CronJob", cronjob_name(guide), build_cronjob(guide, stable))]
-    if stable is not None:
+    if served is not None:
         # Serving starts once a model passed the gate: before that a pod has nothing to load.
         wanted.append(build_deployment(guide))
         optional += [
@@ -228,13 +235,36 @@ def reconcile(
     )
     new, condition_events = finish(status, seen, now)
     written = _write_status(cluster, body, old, new)
-    return PassResult(body, events + condition_events, _requeue(step, seen, now, resync), written)
+    requeue = _requeue(step, seen, now, resync, progressed.requeue_after)
+    return PassResult(body, events + condition_events, requeue, written)
 
 
-def _requeue(step: runs.Step, seen: Observed, now: float, resync: float) -> float:
+def _admit(
+    status: dict[str, Any], finished: runs.Finished, guide: Guide, stable: str | None, now: float
+) -> list[Event]:
+    """A judged run into status; a gated model becomes stable, a canary, or waits (pinned)."""
+    admission = "stable"
+    if finished.outcome == "Promoted":
+        if guide.pinned_version:
+            admission = "held"
+        elif stable is not None and rollout.uses_canary(guide):
+            admission = "canary"
+    recorded, events = record_finished(status, finished, now, admission)
+    status.clear()
+    status.update(recorded)
+    if admission == "canary" and finished.version:
+        events += rollout.begin(status, finished.version, finished.metrics, finished.job, now)
+    return events
+
+
+def _requeue(
+    step: runs.Step, seen: Observed, now: float, resync: float, rollout_after: float | None
+) -> float:
     if step.finished is not None:
         return 0.0  # another finished Job may be waiting to be judged
     delays = [resync]
+    if rollout_after is not None:
+        delays.append(rollout_after)
     retry_at = parse_rfc3339(seen.next_attempt_at)
     if retry_at is not None:
         delays.append(max(0.5, retry_at - now + 0.5))

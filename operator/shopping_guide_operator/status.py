@@ -2,8 +2,9 @@
 
 Reconcile gathers observations, this module turns them into the next status document and the
 events that explain the change; reconcile then writes the status once, and only if it differs.
-`canary` is reserved for the rollout state machine and stays null while a model that passes
-the gate becomes stable directly. `routing.generation` rises with every change of the routing
+`canary` belongs to the rollout (`rollout.py`); a model that passes the gate enters it, or
+becomes stable directly when there is no stable model yet or no rollout steps.
+`routing.generation` rises with every change of the routing
 document, which is how serving pods (and later the rollout) tell routings apart.
 """
 
@@ -61,8 +62,11 @@ class DeploymentView:
         )
 
 
+Admission = str  # what a gated model becomes: "stable", "canary", or "held" (serving pinned)
+
+
 def record_finished(
-    status: dict[str, Any], finished: Finished, now: float
+    status: dict[str, Any], finished: Finished, now: float, admission: Admission = "stable"
 ) -> tuple[dict[str, Any], list[Event]]:
     """Fold one judged training run into status: last run, history, maybe a new stable."""
     status = dict(status)
@@ -84,16 +88,25 @@ def record_finished(
         events.append(("Warning", c.TRAINING_FAILED, f"{finished.job}: {finished.message}"))
         return status, events
 
+    outcome: str = finished.outcome
+    if finished.outcome == "Promoted" and admission != "stable":
+        outcome = "Canary" if admission == "canary" else "Held"
     entry = {
         "version": finished.version,
-        "outcome": finished.outcome,
+        "outcome": outcome,
         "reason": finished.message,
         "job": finished.job,
         "at": now_rfc3339(now),
         "metrics": dict(finished.metrics),
     }
     status["history"] = [entry, *(status.get("history") or [])][:HISTORY_LIMIT]
-    if finished.outcome == "Promoted":
+    if outcome == "Canary":
+        gated = f"{finished.version} passed the quality gate ({finished.message}): canary starts"
+        events.append(("Normal", "ModelGated", gated))
+    elif outcome == "Held":
+        held = f"{finished.version} passed the quality gate, not promoted: serving is pinned"
+        events.append(("Normal", "ModelHeld", held))
+    elif finished.outcome == "Promoted":
         status["stable"] = {
             "version": finished.version,
             "metrics": dict(finished.metrics),
@@ -109,19 +122,31 @@ def record_finished(
     return status, events
 
 
-def next_routing(previous: Mapping[str, Any] | None, stable: str | None, salt: str) -> Routing:
+def next_routing(
+    previous: Mapping[str, Any] | None,
+    stable: str | None,
+    salt: str,
+    canary: str | None = None,
+    weight_basis_points: int = 0,
+) -> Routing:
     """The routing for this pass; the generation rises only when the content changes."""
     previous = previous or {}
     generation = int(previous.get("generation", 0))
-    same = (previous.get("stable"), previous.get("canary"), previous.get("weight", 0)) == (
-        stable,
-        None,
-        0,
+    if canary is None:
+        weight_basis_points = 0
+    before = (
+        previous.get("stable"),
+        previous.get("canary"),
+        round(float(previous.get("weight", 0)) * 100),
     )
-    if not same or not previous:
+    if before != (stable, canary, weight_basis_points) or not previous:
         generation += 1
     return Routing(
-        stable=stable, canary=None, canary_weight_basis_points=0, salt=salt, generation=generation
+        stable=stable,
+        canary=canary,
+        canary_weight_basis_points=weight_basis_points,
+        salt=salt,
+        generation=generation,
     )
 
 
@@ -146,7 +171,10 @@ class Observed:
 
 
 def wanted_conditions(status: Mapping[str, Any], seen: Observed) -> list[Condition]:
-    stable = (status.get("stable") or {}).get("version")
+    # What serves as stable: the pin wins over the last promoted version.
+    stable = (status.get("routing") or {}).get("stable") or (status.get("stable") or {}).get(
+        "version"
+    )
     last = status.get("lastTrainingRun") or {}
     deployment = seen.deployment
 
@@ -195,6 +223,16 @@ def wanted_conditions(status: Mapping[str, Any], seen: Observed) -> list[Conditi
         )
     else:
         progressing = Condition(c.PROGRESSING, False, c.CONVERGED, f"serving {stable}")
+    canary = status.get("canary") or {}
+    if canary.get("version"):
+        step = f"step {int(canary.get('step', 0)) + 1}/{canary.get('steps', '?')}"
+        progressing = Condition(
+            c.PROGRESSING,
+            True,
+            c.CANARY,
+            f"canary {canary['version']} at {canary.get('weight', 0)}% ({step}, "
+            f"{canary.get('phase', '')})",
+        )
 
     if seen.spec_error:
         degraded = Condition(c.DEGRADED, True, c.INVALID_SPEC, seen.spec_error)

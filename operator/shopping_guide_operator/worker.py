@@ -16,6 +16,7 @@ from typing import Protocol
 
 from .kube import Cluster
 from .reconcile import ERROR_SECONDS, PassResult, reconcile
+from .rollout import ProviderFactory, prometheus_provider
 from .status import Event
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ async def run_worker(
     post: EventPoster,
     resync: float,
     wakeups: Wakeups = WAKEUPS,
+    providers: ProviderFactory = prometheus_provider,
+    clock: Callable[[], float] = time.time,
 ) -> None:
     namespace, name = key
     flag = wakeups.flag(key)
@@ -81,7 +84,7 @@ async def run_worker(
             try:
                 # The API client is synchronous: run the pass off the event loop.
                 result = await asyncio.to_thread(
-                    reconcile, cluster, namespace, name, time.time(), resync
+                    reconcile, cluster, namespace, name, clock(), resync, providers
                 )
             except Exception:
                 failures += 1

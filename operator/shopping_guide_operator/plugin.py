@@ -1,0 +1,187 @@
+"""`kubectl shoppingguide` (the console script `kubectl-shoppingguide`): read and steer a guide.
+
+Reads status; steers only through annotations on the resource, which the operator acts on
+once per distinct value. Those annotations are the user's write: the operator itself never
+writes spec or annotations. Uses the current kubeconfig, as kubectl does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol, TextIO, cast
+
+from .constants import (
+    ANNOTATION_ABORT,
+    ANNOTATION_PROMOTE,
+    ANNOTATION_RETRAIN,
+    ANNOTATION_RETRY,
+    ANNOTATION_ROLLBACK_TO,
+    GROUP,
+    PLURAL,
+    VERSION,
+)
+
+ACTIONS = {
+    "promote": ANNOTATION_PROMOTE,
+    "abort": ANNOTATION_ABORT,
+    "retry": ANNOTATION_RETRY,
+    "retrain": ANNOTATION_RETRAIN,
+}
+
+
+class Guides(Protocol):
+    """The two calls the plugin makes."""
+
+    def get(self, namespace: str, name: str) -> dict[str, Any]: ...
+
+    def annotate(self, namespace: str, name: str, annotations: dict[str, str]) -> None: ...
+
+
+class KubeGuides:
+    def __init__(self, context: str | None = None) -> None:
+        from kubernetes import client, config
+
+        config.load_kube_config(context=context)  # type: ignore[no-untyped-call]
+        self.api = client.CustomObjectsApi()
+
+    def get(self, namespace: str, name: str) -> dict[str, Any]:
+        found = self.api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        return cast(dict[str, Any], found)
+
+    def annotate(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        # A dict body goes out as a JSON merge patch: only these annotations change.
+        self.api.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": annotations}}
+        )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="kubectl-shoppingguide", description="Inspect and steer ShoppingGuide rollouts."
+    )
+    parser.add_argument("-n", "--namespace", default=None, help="default: the context's")
+    parser.add_argument("--context", default=None, help="kubeconfig context")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("status", "stable, canary, weight, step and the last analysis"),
+        ("history", "versions promoted, rolled back and rejected, newest first"),
+        ("promote", "promote the running canary now"),
+        ("abort", "roll the running canary back now"),
+        ("retry", "run the last rolled-back canary again from the first step"),
+        ("retrain", "start a training run now"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("name")
+    rollback = commands.add_parser("rollback", help="make a previous stable version stable")
+    rollback.add_argument("name")
+    rollback.add_argument("--to", required=True, metavar="VERSION")
+    return parser.parse_args(argv)
+
+
+def _percent(value: Any) -> str:
+    return f"{float(value):g}%" if isinstance(value, int | float) else "-"
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-"
+    return f"{value:.4g}"
+
+
+def show_status(guide: dict[str, Any], out: TextIO) -> None:
+    status = guide.get("status") or {}
+    stable = (status.get("stable") or {}).get("version") or "-"
+    routing = status.get("routing") or {}
+    out.write(f"Phase:    {status.get('phase', '-')}  {status.get('message', '')}\n")
+    served = routing.get("stable")
+    pin = (guide.get("spec", {}).get("model") or {}).get("pinnedVersion")
+    out.write(f"Stable:   {stable}" + (f" (serving pinned {pin})" if pin else "") + "\n")
+    if served and served != stable and not pin:
+        out.write(f"Serving:  {served}\n")
+    canary = status.get("canary")
+    if not canary:
+        out.write("Canary:   -\n")
+        last = status.get("lastCanary")
+        if last:
+            ended = f"{last.get('version')} {last.get('phase')} {last.get('reason')}"
+            out.write(f"Last canary: {ended}\n")
+        return
+    step = f"{int(canary.get('step', 0)) + 1}/{canary.get('steps', '?')}"
+    out.write(
+        f"Canary:   {canary.get('version')}  weight {_percent(canary.get('weight'))}  "
+        f"step {step}  {canary.get('phase')}  failures {canary.get('failures', 0)}  "
+        f"inconclusive {canary.get('inconclusive', 0)}\n"
+    )
+    if canary.get("prometheusError"):
+        out.write(f"Prometheus: {canary['prometheusError']}\n")
+    verdict = canary.get("last_verdict")
+    if verdict:
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(verdict.get("at", 0))))
+        reasons = "; ".join(verdict.get("reasons") or [])
+        why = f": {reasons}" if reasons else ""
+        out.write(f"Analysis: {verdict.get('result')} at {at}{why}\n")
+        for key, value in sorted((verdict.get("values") or {}).items()):
+            out.write(f"  {key:<20} {_number(value)}\n")
+
+
+def show_history(guide: dict[str, Any], out: TextIO) -> None:
+    history = (guide.get("status") or {}).get("history") or []
+    out.write(f"{'AT':<21} {'VERSION':<32} {'OUTCOME':<11} REASON\n")
+    for entry in history:
+        out.write(
+            f"{entry.get('at', '-'):<21} {entry.get('version', '-'):<32} "
+            f"{entry.get('outcome', '-'):<11} {entry.get('reason', '')}\n"
+        )
+
+
+def run(args: argparse.Namespace, guides: Guides, namespace: str, out: TextIO) -> int:
+    if args.command == "status":
+        show_status(guides.get(namespace, args.name), out)
+        return 0
+    if args.command == "history":
+        show_history(guides.get(namespace, args.name), out)
+        return 0
+    # A fresh value each time: the operator acts once per distinct value.
+    token = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + f".{time.time_ns() % 10**9}"
+    if args.command == "rollback":
+        annotations = {ANNOTATION_ROLLBACK_TO: f"{args.to}@{token}"}
+    else:
+        annotations = {ACTIONS[args.command]: token}
+    guides.annotate(namespace, args.name, annotations)
+    out.write(f"shoppingguide.io/{args.name} {args.command} requested\n")
+    return 0
+
+
+def current_namespace(context: str | None) -> str:
+    from kubernetes import config
+
+    _, active = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+    if context is not None:
+        contexts, _ = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+        active = next((c for c in contexts if c["name"] == context), active)
+    return str((active or {}).get("context", {}).get("namespace") or "default")
+
+
+def main(argv: Sequence[str] | None = None, guides: Guides | None = None) -> int:
+    args = parse_args(argv)
+    namespace = args.namespace or (
+        "default" if guides is not None else current_namespace(args.context)
+    )
+    try:
+        api = guides if guides is not None else KubeGuides(args.context)
+        return run(args, api, namespace, sys.stdout)
+    except Exception as exc:  # the API's errors, shown as kubectl shows them
+        status = getattr(exc, "status", None)
+        if status == 404:
+            sys.stderr.write(f"Error: shoppingguide {args.name!r} not found in {namespace}\n")
+            return 1
+        reason = getattr(exc, "reason", None) or str(exc)
+        sys.stderr.write(f"Error: {reason}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The kubectl plugin against an in-memory guide: what it prints and which annotations it sets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shopping_guide_operator import plugin
+
+
+class FakeGuides:
+    def __init__(self, guide: dict[str, Any]) -> None:
+        self.guide = guide
+        self.patches: list[tuple[str, str, dict[str, str]]] = []
+
+    def get(self, namespace: str, name: str) -> dict[str, Any]:
+        if name != self.guide["metadata"]["name"]:
+            error = Exception("not found")
+            error.status = 404  # type: ignore[attr-defined]
+            raise error
+        return self.guide
+
+    def annotate(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        self.patches.append((namespace, name, annotations))
+
+
+GUIDE: dict[str, Any] = {
+    "metadata": {"name": "storefront", "namespace": "shop"},
+    "spec": {"model": {"algorithm": "als"}},
+    "status": {
+        "phase": "Progressing",
+        "message": "canary v2 at 25% (step 2/3, Progressing)",
+        "stable": {"version": "v1"},
+        "routing": {"stable": "v1", "canary": "v2", "weight": 25},
+        "canary": {
+            "version": "v2", "weight": 25, "step": 1, "steps": 3, "phase": "Progressing",
+            "failures": 1, "inconclusive": 0,
+            "last_verdict": {"result": "Fail", "at": 1_800_000_000, "reasons": ["low ctr"],
+                             "values": {"clickThroughRatio": 0.5, "requests": 812.0,
+                                        "latencyP99Ms": None}},
+        },
+        "history": [
+            {"version": "v2", "outcome": "Canary", "reason": "gate", "at": "2027-01-15T08:00:00Z"},
+            {"version": "v1", "outcome": "Promoted", "reason": "n", "at": "2027-01-14T08:00:00Z"},
+        ],
+    },
+}  # fmt: skip
+
+
+def test_status_shows_canary_step_weight_and_each_measured_value(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert plugin.main(["-n", "shop", "status", "storefront"], FakeGuides(GUIDE)) == 0
+    out = capsys.readouterr().out
+    assert "Stable:   v1" in out
+    assert "Canary:   v2  weight 25%  step 2/3  Progressing  failures 1" in out
+    assert "Analysis: Fail at 2027-01-15T08:00:00Z: low ctr" in out
+    assert "clickThroughRatio    0.5" in out
+    assert "requests             812" in out
+    assert "latencyP99Ms         -" in out
+
+
+def test_history_lists_newest_first(capsys: pytest.CaptureFixture[str]) -> None:
+    plugin.main(["history", "storefront"], FakeGuides(GUIDE))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["AT", "VERSION", "OUTCOME", "REASON"]
+    assert lines[1].split()[1:3] == ["v2", "Canary"]
+    assert lines[2].split()[1:3] == ["v1", "Promoted"]
+
+
+@pytest.mark.parametrize(
+    ("command", "annotation"),
+    [
+        ("promote", "shoppingguide.io/promote"),
+        ("abort", "shoppingguide.io/abort"),
+        ("retry", "shoppingguide.io/retry"),
+        ("retrain", "shoppingguide.io/retrain"),
+    ],
+)
+def test_actions_set_their_annotation_to_a_fresh_value(command: str, annotation: str) -> None:
+    guides = FakeGuides(GUIDE)
+    assert plugin.main(["-n", "shop", command, "storefront"], guides) == 0
+    plugin.main(["-n", "shop", command, "storefront"], guides)
+    (ns, name, first), (_, _, second) = guides.patches
+    assert (ns, name, list(first)) == ("shop", "storefront", [annotation])
+    assert first[annotation] != second[annotation]  # the operator acts once per value
+
+
+def test_rollback_names_the_version() -> None:
+    guides = FakeGuides(GUIDE)
+    plugin.main(["-n", "shop", "rollback", "storefront", "--to", "v1"], guides)
+    ((_, _, annotations),) = guides.patches
+    assert annotations["shoppingguide.io/rollback-to"].startswith("v1@")
+
+
+def test_a_missing_guide_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert plugin.main(["-n", "shop", "status", "nope"], FakeGuides(GUIDE)) == 1
+    assert "not found in shop" in capsys.readouterr().err
+
+
+def test_rollback_needs_a_version() -> None:
+    with pytest.raises(SystemExit):
+        plugin.main(["rollback", "storefront"], FakeGuides(GUIDE))
