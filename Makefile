@@ -37,7 +37,7 @@ test: cluster-binaries ## every test: unit, quality and end-to-end
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: ## benchmarks; prints JSON
-	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.all
 
 demo: install ## local control plane + operator + a shopping guide trained on Online Retail
 	$(BIN)/python hack/demo.py

@@ -231,7 +231,22 @@ def main() -> int:
                 ready_at = time.monotonic() - started
                 break
             time.sleep(1)
-        time.sleep(2 * RESYNC)  # let the last status writes settle
+
+        # Steady state: the HPA has raised every Deployment to minReplicas (2) and every
+        # guide reports it, then two more resync passes.
+        def settled() -> bool:
+            listed = json.loads(
+                subprocess.run(
+                    [*kubectl, "get", "sg", "-n", NAMESPACE, "-o", "json"],
+                    capture_output=True,
+                    check=True,
+                ).stdout
+            )
+            return all((g.get("status") or {}).get("readyReplicas") == 2 for g in listed["items"])
+
+        while not settled() and time.monotonic() - started < 900:
+            time.sleep(1)
+        time.sleep(2 * RESYNC)
         before = api_counts(kubectl)
         time.sleep(WINDOW)
         after = api_counts(kubectl)

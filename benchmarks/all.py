@@ -1,0 +1,40 @@
+"""`make bench`: every benchmark in turn, one JSON object out (each also runs on its own:
+`python -m benchmarks.run`, `benchmarks.serving`, `benchmarks.operator_scale`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+SUITES = {
+    "trainer": "benchmarks.run",
+    "serving": "benchmarks.serving",
+    "operator": "benchmarks.operator_scale",
+}
+
+
+def main() -> int:
+    wanted = os.environ.get("BENCH_SUITES", ",".join(SUITES)).split(",")
+    report: dict[str, Any] = {}
+    for name in wanted:
+        done = subprocess.run(
+            [sys.executable, "-m", SUITES[name]],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
+        if done.returncode != 0:
+            report[name] = {"error": done.stderr.strip().splitlines()[-1:] or ["failed"]}
+            continue
+        report[name] = json.loads(done.stdout)
+    json.dump(report, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
