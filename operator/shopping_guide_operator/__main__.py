@@ -41,6 +41,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz",
     )
     parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve the operator's Prometheus metrics on this port (/metrics)",
+    )
+    parser.add_argument(
         "--resync",
         type=float,
         default=None,
@@ -67,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if args.resync is not None:
         handlers.OPTIONS["resync"] = args.resync
+    if args.metrics_port is not None:
+        from . import metrics
+
+        metrics.serve(args.metrics_port)
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace,

@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from . import metrics
 from .kube import Cluster
 from .reconcile import ERROR_SECONDS, PassResult, reconcile
 from .rollout import ProviderFactory, prometheus_provider
@@ -81,20 +82,25 @@ async def run_worker(
     try:
         while not stopped:
             flag.clear()
+            started = time.perf_counter()
             try:
                 # The API client is synchronous: run the pass off the event loop.
                 result = await asyncio.to_thread(
                     reconcile, cluster, namespace, name, clock(), resync, providers
                 )
             except Exception:
+                metrics.RECONCILES.labels("error").inc()
                 failures += 1
                 delay = min(resync, ERROR_SECONDS * 2 ** min(failures - 1, 5))
                 log.exception("reconcile of %s/%s failed; again in %.0fs", namespace, name, delay)
             else:
+                metrics.RECONCILES.labels("ok").inc()
+                metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
                 failures = 0
                 if result is None:
                     delay = resync
                 else:
+                    metrics.count_events(result.events)
                     for event in result.events:
                         post(result, event)
                     delay = result.requeue_after

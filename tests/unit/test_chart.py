@@ -90,6 +90,7 @@ def test_watched_namespaces_get_role_bindings_and_operator_args() -> None:
     assert security["readOnlyRootFilesystem"] is True
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert "--metrics-port=9090" in container["args"]
 
 
 def test_monitoring_objects_are_opt_in() -> None:

@@ -7,13 +7,15 @@ import re
 from pathlib import Path
 
 from shopping_guide.serving.metrics import ServerMetrics
+from shopping_guide_operator import metrics as operator_metrics
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "shopping-guide.json"
 
 
 def exported_names() -> set[str]:
     names = set()
-    for metric in ServerMetrics().registry.collect():
+    registries = (ServerMetrics().registry, operator_metrics.REGISTRY)
+    for metric in (m for registry in registries for m in registry.collect()):
         for sample in metric.samples:
             names.add(sample.name)
         names.add(metric.name)
