@@ -108,10 +108,10 @@ def main() -> int:
         core.create_namespace({"metadata": {"name": NAMESPACE}})
         sys.path.insert(0, str(REPO))
         from tests.e2e.test_operator import (
-            IMAGE,
             TRAIN_LABEL,
             TRAIN_NODE,
             TRAIN_TAINT,
+            finished_pod_status,
             result_document,
         )
 
@@ -187,34 +187,9 @@ def main() -> int:
                 if pod.metadata.name in finished or not pod.spec.node_name:
                     continue
                 owner = pod.metadata.labels["batch.kubernetes.io/job-name"].split("-train-")[0]
-                now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 message = result_document(f"v1-{owner}", 0.2)
                 core.patch_namespaced_pod_status(
-                    pod.metadata.name,
-                    NAMESPACE,
-                    {
-                        "status": {
-                            "phase": "Succeeded",
-                            "containerStatuses": [
-                                {
-                                    "name": "trainer",
-                                    "image": IMAGE,
-                                    "imageID": "",
-                                    "ready": False,
-                                    "restartCount": 0,
-                                    "state": {
-                                        "terminated": {
-                                            "exitCode": 0,
-                                            "reason": "Completed",
-                                            "message": message,
-                                            "startedAt": now,
-                                            "finishedAt": now,
-                                        }
-                                    },
-                                }
-                            ],
-                        }
-                    },
+                    pod.metadata.name, NAMESPACE, {"status": finished_pod_status(message)}
                 )
                 finished.add(pod.metadata.name)
             listed = json.loads(

@@ -128,6 +128,31 @@ def result_document(version: str, ndcg: float, champion: tuple[str, float] | Non
     return json.dumps(doc, separators=(",", ":"))
 
 
+def finished_pod_status(message: str, ok: bool = True) -> dict[str, Any]:
+    """A training pod's status as a kubelet reports it once the trainer exits."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    terminated = {
+        "exitCode": 0 if ok else 1,
+        "reason": "Completed" if ok else "Error",
+        "message": message,
+        "startedAt": now,
+        "finishedAt": now,
+    }
+    return {
+        "phase": "Succeeded" if ok else "Failed",
+        "containerStatuses": [
+            {
+                "name": "trainer",
+                "image": IMAGE,
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "state": {"terminated": terminated},
+            }
+        ],
+    }
+
+
 @dataclass
 class World:
     kube: Kube
@@ -234,27 +259,7 @@ class World:
             return next((p.metadata.name for p in pods if p.spec.node_name), None)
 
         pod = self.kube.wait_until(scheduled_pod, TIMEOUT, f"the pod of {job} scheduled")
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        terminated = {
-            "exitCode": 0 if ok else 1,
-            "reason": "Completed" if ok else "Error",
-            "message": message,
-            "startedAt": now,
-            "finishedAt": now,
-        }
-        status = {
-            "phase": "Succeeded" if ok else "Failed",
-            "containerStatuses": [
-                {
-                    "name": "trainer",
-                    "image": IMAGE,
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 0,
-                    "state": {"terminated": terminated},
-                }
-            ],
-        }
+        status = finished_pod_status(message, ok)
         core.patch_namespaced_pod_status(pod, self.namespace, {"status": status})
 
     def apply(self, manifest: dict[str, Any]) -> None:
