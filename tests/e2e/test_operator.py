@@ -493,3 +493,93 @@ def test_deleting_a_guide_mid_training_leaves_only_the_claims(world: World) -> N
     claims = w.kube.kubectl("get", "pvc", "-n", w.namespace, "-o", "name").stdout.split()
     assert sorted(claims) == ["persistentvolumeclaim/events", "persistentvolumeclaim/models"]
     w.kube.kubectl("delete", "pods", "--all", "-n", w.namespace, "--grace-period=0", "--force")
+
+
+def test_two_replicas_with_peering_take_turns(
+    cluster: Kube, namespace: str, tmp_path: Path
+) -> None:
+    """With kopf peering the lower-priority replica stands by, then takes over when the
+    active one goes away: no two operators ever reconcile the same guide."""
+    cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        str(REPO / "crds" / "kopf.dev_peerings.yaml"),
+    )
+    # The peering object the replicas meet at (the chart creates it in the same way).
+    cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(
+            {
+                "apiVersion": "kopf.dev/v1",
+                "kind": "KopfPeering",
+                "metadata": {"name": "e2e", "namespace": namespace},
+            }
+        ),
+    )
+    w = World(cluster, namespace, tmp_path / "unused.log")
+    w.storage()
+
+    def replica(priority: int, log: Path) -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            return subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "shopping_guide_operator",
+                    "--peering",
+                    "e2e",
+                    "--priority",
+                    str(priority),
+                    "--namespace",
+                    namespace,
+                    "--resync",
+                    "5",
+                ],
+                env={**cluster.env, "KUBECONFIG": str(cluster.kubeconfig)},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+
+    active_log, standby_log = tmp_path / "active.log", tmp_path / "standby.log"
+    active = replica(100, active_log)
+    standby = replica(50, standby_log)
+    try:
+        job = promote_first_model(w)
+        assert [j["metadata"]["name"] for j in w.jobs()] == [job]
+        # The standby starts paused, in favour of the higher priority, and stays so.
+        assert "Resuming operations" not in standby_log.read_text()
+        assert "Resuming operations" in active_log.read_text()
+
+        active.terminate()
+        active.wait(30)
+        cluster.wait_until(
+            lambda: "Resuming operations" in standby_log.read_text(), 120, "the standby to resume"
+        )
+        w.kube.kubectl(
+            "annotate", "sg", "storefront", "-n", namespace, "shoppingguide.io/retrain=again"
+        )
+        second = w.new_job({job})
+        assert second["metadata"]["name"] != job
+    finally:
+        for process in (active, standby):
+            if process.poll() is None:
+                w.process = process
+                cluster.kubectl(
+                    "delete",
+                    "shoppingguides",
+                    "--all",
+                    "-n",
+                    namespace,
+                    "--wait=true",
+                    "--timeout=60s",
+                    check=False,
+                )
+                w.stop_operator()
+        cluster.kubectl(
+            "delete", "pv", "-l", f"e2e-namespace={namespace}", "--wait=false", check=False
+        )

@@ -85,6 +85,9 @@ def test_watched_namespaces_get_role_bindings_and_operator_args() -> None:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert "--namespace=shop" in container["args"] and "--all-namespaces" not in container["args"]
     assert "--peering=sg" in container["args"]
+    peerings = [d for d in docs if d["kind"] == "KopfPeering"]
+    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["outlet", "shop"]
+    assert any(d["kind"] == "ClusterKopfPeering" for d in render())
     assert deployment["spec"]["replicas"] == 2
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
