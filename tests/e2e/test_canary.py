@@ -327,6 +327,25 @@ def test_canaries_promote_the_better_model_and_roll_back_the_broken_one(rig: Rig
             weights.add(canary.get("weight"))
         return bool((status.get("stable") or {}).get("version") == better)
 
+    # 5. An operator restart in the middle of a step resumes at the same step and weight.
+    def second_step() -> bool:
+        promoted()
+        canary = w.status().get("canary") or {}
+        return bool(canary.get("version") == better and canary.get("step") == 1)
+
+    wait(second_step, 60, "the canary at its second step")
+    w.stop_operator()
+    frozen = dict(w.status()["canary"])
+    starts = w.events().count("CanaryStarted")
+    time.sleep(INTERVAL)
+    assert rig.routing()["canaryWeightBasisPoints"] == round(frozen["weight"] * 100)
+    w.start_operator()
+    time.sleep(1)
+    resumed = w.status().get("canary") or {}
+    if resumed:  # it may already have finished the step it resumed
+        assert resumed["version"] == better and resumed["step"] >= frozen["step"]
+    assert w.events().count("CanaryStarted") == starts  # resumed, not restarted
+
     wait(promoted, 120, "the better model promoted")
     entry = rig.outcome(better)
     assert entry["outcome"] == "Promoted" and entry["reason"] == "every step passed"
