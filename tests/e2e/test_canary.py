@@ -101,7 +101,10 @@ class Serving:
         last = ""
         while not self.stop.is_set():
             try:
-                data = core.read_namespaced_config_map("storefront-routing", namespace).data
+                # A bounded wait: one stalled request must not freeze the pods' routing.
+                data = core.read_namespaced_config_map(
+                    "storefront-routing", namespace, _request_timeout=5
+                ).data
             except Exception:
                 time.sleep(0.3)
                 continue
