@@ -262,6 +262,24 @@ class World:
         status = finished_pod_status(message, ok)
         core.patch_namespaced_pod_status(pod, self.namespace, {"status": status})
 
+    def tear_down(self) -> None:
+        """Delete the guides while the operator still runs (it holds their finalizer), stop
+        it, and release the test's volumes."""
+        self.kube.kubectl(
+            "delete",
+            "shoppingguides",
+            "--all",
+            "-n",
+            self.namespace,
+            "--wait=true",
+            "--timeout=60s",
+            check=False,
+        )
+        self.stop_operator()
+        self.kube.kubectl(
+            "delete", "pv", "-l", f"e2e-namespace={self.namespace}", "--wait=false", check=False
+        )
+
     def apply(self, manifest: dict[str, Any]) -> None:
         self.kube.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(manifest))
 
@@ -305,23 +323,9 @@ def world(cluster: Kube, namespace: str, tmp_path: Path) -> Iterator[World]:
     try:
         yield w
     finally:
-        # Delete the guides while the operator still runs: it holds their finalizer.
         if w.process is None:
             w.start_operator()
-        cluster.kubectl(
-            "delete",
-            "shoppingguides",
-            "--all",
-            "-n",
-            namespace,
-            "--wait=true",
-            "--timeout=60s",
-            check=False,
-        )
-        w.stop_operator()
-        cluster.kubectl(
-            "delete", "pv", "-l", f"e2e-namespace={namespace}", "--wait=false", check=False
-        )
+        w.tear_down()
         print(w.log.read_text()[-6000:])
 
 
@@ -581,20 +585,9 @@ def test_two_replicas_with_peering_take_turns(
         second = w.new_job({job})
         assert second["metadata"]["name"] != job
     finally:
-        for process in (active, standby):
-            if process is not None and process.poll() is None:
-                w.process = process
-                cluster.kubectl(
-                    "delete",
-                    "shoppingguides",
-                    "--all",
-                    "-n",
-                    namespace,
-                    "--wait=true",
-                    "--timeout=60s",
-                    check=False,
-                )
-                w.stop_operator()
-        cluster.kubectl(
-            "delete", "pv", "-l", f"e2e-namespace={namespace}", "--wait=false", check=False
-        )
+        running = [p for p in (active, standby) if p is not None and p.poll() is None]
+        w.process = running[0] if running else None
+        w.tear_down()
+        for process in running[1:]:
+            w.process = process
+            w.stop_operator()
