@@ -1,7 +1,7 @@
 """The Online Retail sample as the trainer reads it, and its tuned quality over three seeds.
 
 Data: UCI Online Retail (Chen, 2015), CC BY 4.0, https://doi.org/10.24432/C5BW33 .
-Filtering follows ../shared/datasets/online-retail/README.md: rows without a customer are
+Filtering follows data/online-retail/README.md: rows without a customer are
 skipped, non-product stock codes excluded, customers with fewer than 5 items dropped; each
 (customer, product) counts the invoice lines that contain it.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 REPO = Path(__file__).resolve().parents[1]
-DATASET = REPO.parent / "shared" / "datasets" / "online-retail" / "online_retail.csv.xz"
+DATASET = REPO / "data" / "online-retail" / "online_retail.csv.xz"
 NON_PRODUCTS = "POST,D,M,DOT,C2,CRUK,BANK CHARGES,PADS,AMAZONFEE,S,B,m"
 TRAIN_ARGS = [
     "--user-col", "CustomerID",

@@ -26,7 +26,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = REPO / ".demo"
-DATASET = REPO.parent / "shared" / "datasets" / "online-retail" / "online_retail.csv.xz"
+DATASET = REPO / "data" / "online-retail" / "online_retail.csv.xz"
 NAMESPACE = "shop"
 SYSTEM = "shopping-guide-system"
 RELEASE = "demo"

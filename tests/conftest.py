@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-ONLINE_RETAIL = REPO.parent / "shared" / "datasets" / "online-retail" / "online_retail.csv.xz"
+ONLINE_RETAIL = REPO / "data" / "online-retail" / "online_retail.csv.xz"
 
 
 @pytest.fixture

@@ -8,10 +8,7 @@ import pytest
 
 from benchmarks.online_retail import DATASET, train_json
 
-pytestmark = [
-    pytest.mark.quality,
-    pytest.mark.skipif(not DATASET.exists(), reason=f"{DATASET} is not present"),
-]
+pytestmark = pytest.mark.quality
 
 
 @pytest.mark.parametrize("algorithm", ["als", "itemknn"])
