@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.online_retail import DATASET, train_json
+from benchmarks.online_retail import train_json
 
 pytestmark = pytest.mark.quality
 
