@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the binaries of a local Kubernetes control plane from Go modules:
-# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes),
-# etcd, kwok and helm. Binaries land in a cache directory keyed by the pinned versions,
+# Builds the binaries of a local Kubernetes cluster from Go modules: kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubectl, and the node's kubelet and kube-proxy
+# (k8s.io/kubernetes), etcd, kwok and helm; and the node's pause binary from the C source that
+# ships inside the k8s.io/kubernetes module (gcc, static). Binaries land in a cache directory keyed by the pinned versions,
 # outside the clone, and each one is skipped when it is already there at the right version.
 #
 # Usage: hack/build-cluster-binaries.sh            build what is missing, print the bin dir
@@ -119,7 +120,7 @@ build_k8s() {
     mv "$BIN_DIR/.$name.tmp" "$BIN_DIR/$name"
 }
 
-for name in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+for name in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
     if k8s_binary_ok "$name"; then
         log "$name $K8S_VERSION already built"
         continue
@@ -128,6 +129,28 @@ for name in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
     log "building $name $K8S_VERSION"
     timed "$name" build_k8s "$name"
 done
+
+# --- pause (the sandbox container's process) -------------------------------------------
+# No registry is needed: the source is in the module, and the image is packed from the binary
+# by hack/node.sh. Static, so the image holds nothing else.
+build_pause() {
+    local src
+    src=$(cd "$k8s_module_dir" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c
+    [[ -f "$src" ]] || { log "no pause.c in the k8s.io/kubernetes module ($src)"; exit 1; }
+    command -v gcc >/dev/null || { log "gcc is needed for the pause binary"; exit 1; }
+    gcc -Os -Wall -Werror -static -DVERSION=$K8S_VERSION -o "$BIN_DIR/.pause.tmp" "$src"
+    strip "$BIN_DIR/.pause.tmp" 2>/dev/null || true
+    mv "$BIN_DIR/.pause.tmp" "$BIN_DIR/pause"
+    echo "$K8S_VERSION" >"$BIN_DIR/pause.version"
+}
+
+if [[ -x "$BIN_DIR/pause" && "$(cat "$BIN_DIR/pause.version" 2>/dev/null)" == "$K8S_VERSION" ]]; then
+    log "pause $K8S_VERSION already built"
+else
+    prepare_k8s_module
+    log "building pause $K8S_VERSION"
+    timed pause build_pause
+fi
 
 # --- etcd -------------------------------------------------------------------------------
 # go.etcd.io/etcd/server/v3 has replace directives of its own, so `go install pkg@version`

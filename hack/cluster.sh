@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A local Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler and kwok (fake nodes), built by hack/build-cluster-binaries.sh.
+# A local Kubernetes cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+# one real node (containerd, kubelet, kube-proxy; hack/node.sh) with CoreDNS and metrics-server,
+# and kwok's fake nodes for scale tests, built by hack/build-cluster-binaries.sh. Needs root.
 #
 # Usage: hack/cluster.sh up|down|status|kubeconfig|env|restart-apiserver|clean
 #   up                 start what is not running (idempotent), wait until usable
@@ -9,6 +10,7 @@
 #   kubeconfig         print the admin kubeconfig path
 #   env                print `export KUBECONFIG=...; export PATH=...` for eval
 #   restart-apiserver  stop and start kube-apiserver only (data stays in etcd)
+#   load-images        import the project's built images (make images) into the running node
 #   clean              down, then delete the state directory
 #
 # Environment: SHOPPING_GUIDE_CLUSTER_DIR (state, default <repo>/.cluster),
@@ -27,17 +29,29 @@ PID_DIR="$STATE/pids"
 LOG_DIR="$STATE/logs"
 PORTS_FILE="$STATE/ports.env"
 KUBECONFIG_FILE="$STATE/kubeconfig"
-SERVICE_CIDR=10.96.0.0/16
-SERVICE_FIRST_IP=10.96.0.1
+SERVICE_CIDR=198.18.128.0/20
+SERVICE_FIRST_IP=198.18.128.1
+# Bumped when addresses or certificates change shape: an older state directory is wiped.
+LAYOUT=2
 SA_ISSUER=https://kubernetes.default.svc.cluster.local
 # Stop order; start order is the reverse.
-COMPONENTS=(kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
-BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
+COMPONENTS=(kube-proxy kubelet containerd kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kubelet kube-proxy pause)
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 kubectl_() { "$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+
+# shellcheck source=hack/node.sh
+source "$HACK_DIR/node.sh"
+
+component_bin() {
+    case $1 in
+        containerd) containerd_bin ;;
+        *) echo "$BIN_DIR/$1" ;;
+    esac
+}
 
 # --- processes -------------------------------------------------------------------------
 
@@ -62,7 +76,8 @@ component_running() { component_pid "$1" >/dev/null; }
 # $LOG_DIR/NAME.log, and records its PID and command line.
 start_component() {
     local name=$1; shift
-    local bin="$BIN_DIR/$name" pid exe i
+    local bin pid exe i
+    bin=$(component_bin "$name")
     if component_running "$name"; then
         log "$name already running (pid $(component_pid "$name"))"
         return 0
@@ -136,7 +151,7 @@ stray_pids() {
         pid=${dir#/proc/}
         [[ "$recorded" == *" $pid "* ]] && continue
         exe=$(readlink "$dir/exe" 2>/dev/null) || continue
-        [[ "$exe" == "$BIN_DIR"/* ]] || continue
+        [[ "$exe" == "$BIN_DIR"/* || "$exe" == "$(containerd_bin)" ]] || continue
         cmd=$(tr '\0' ' ' 2>/dev/null <"$dir/cmdline") || continue
         [[ "$cmd" == *"$STATE/"* ]] && echo "$pid"
     done
@@ -157,16 +172,18 @@ ports_in_use() {
 }
 
 # Picks free ports below the kernel's ephemeral range so that outgoing connections do not
-# take them between `up` and the moment a component binds.
+# take them between `up` and the moment a component binds, and below kube-proxy's NodePort
+# range (30000-32767).
 choose_ports() {
     local -A taken=()
-    local p names=(ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHEDULER_PORT KWOK_PORT)
+    local p names=(ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHEDULER_PORT KWOK_PORT
+        KUBELET_HEALTHZ_PORT PROXY_HEALTHZ_PORT PROXY_METRICS_PORT)
     local name
     while read -r p; do taken[$p]=1; done < <(ports_in_use)
     : >"$PORTS_FILE.tmp"
     for name in "${names[@]}"; do
         while :; do
-            p=$((20000 + RANDOM % 12000))
+            p=$((20000 + RANDOM % 10000))
             [[ -z "${taken[$p]:-}" ]] && break
         done
         taken[$p]=1
@@ -235,7 +252,7 @@ ensure_pki() {
         openssl_conf
         local client="basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth"
         local sans="DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
-        sans+=",DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$SERVICE_FIRST_IP"
+        sans+=",DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$HOST_IP,IP:$SERVICE_FIRST_IP"
         make_ca ca shopping-guide-local-ca
         sign_cert ca apiserver "/CN=kube-apiserver" \
             "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=$sans"
@@ -246,6 +263,7 @@ ensure_pki() {
         # requests that kube-apiserver proxies to them.
         make_ca front-proxy-ca shopping-guide-front-proxy-ca
         sign_cert front-proxy-ca front-proxy-client "/CN=front-proxy-client" "$client"
+        node_pki
         if [[ ! -f "$PKI/sa.pub" ]]; then
             openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key" 2>/dev/null
             openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub"
@@ -266,7 +284,7 @@ kind: Config
 clusters:
 - name: shopping-guide
   cluster:
-    server: https://127.0.0.1:$APISERVER_PORT
+    server: https://$HOST_IP:$APISERVER_PORT
     certificate-authority-data: $(b64 "$PKI/ca.crt")
 users:
 - name: $user
@@ -310,18 +328,19 @@ start_etcd() {
 
 apiserver_ready() {
     curl -sf --max-time 5 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
-        "https://127.0.0.1:$APISERVER_PORT/readyz"
+        "https://$HOST_IP:$APISERVER_PORT/readyz"
 }
 
-# --endpoint-reconciler-type=none: the only address is 127.0.0.1, which Endpoints reject
-# (loopback), so the reconciler would log an error every 10s; the kubernetes Service is
-# still created, without endpoints.
+# It listens on the host's cluster address only (nothing on the host's other interfaces), and
+# advertises it, so the kubernetes Service has an endpoint that pods reach.
+# --kubelet-*: logs, exec and port-forward through the node's kubelet, by its IP (node names do
+# not resolve). --enable-aggregator-routing: metrics-server is reached at its pod IP.
 # --shutdown-send-retry-after: on SIGTERM, wait 2s (not 60s) for open watch connections.
 start_apiserver() {
     start_component kube-apiserver \
         --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-        --bind-address=127.0.0.1 \
-        --advertise-address=127.0.0.1 \
+        --bind-address="$HOST_IP" \
+        --advertise-address="$HOST_IP" \
         --secure-port="$APISERVER_PORT" \
         --cert-dir="$PKI" \
         --tls-cert-file="$PKI/apiserver.crt" \
@@ -339,7 +358,12 @@ start_apiserver() {
         --requestheader-extra-headers-prefix=X-Remote-Extra- \
         --proxy-client-cert-file="$PKI/front-proxy-client.crt" \
         --proxy-client-key-file="$PKI/front-proxy-client.key" \
-        --endpoint-reconciler-type=none \
+        --endpoint-reconciler-type=lease \
+        --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+        --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+        --kubelet-certificate-authority="$PKI/ca.crt" \
+        --kubelet-preferred-address-types=InternalIP,Hostname \
+        --enable-aggregator-routing=true \
         --shutdown-send-retry-after=true \
         --allow-privileged=true \
         --profiling=false
@@ -366,6 +390,8 @@ start_controller_manager() {
         --cluster-signing-key-file="$PKI/ca.key" \
         --kube-api-qps=100 \
         --kube-api-burst=200 \
+        --horizontal-pod-autoscaler-sync-period=5s \
+        --horizontal-pod-autoscaler-downscale-stabilization=30s \
         --profiling=false
     wait_for "kube-controller-manager /healthz" 120 kube-controller-manager healthz "$KCM_PORT"
 }
@@ -393,8 +419,8 @@ start_kwok() {
         --kubeconfig="$KUBECONFIG_FILE" \
         --manage-all-nodes=false \
         --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-        --cidr=10.244.0.1/16 \
-        --node-ip=10.240.0.1 \
+        --cidr="$KWOK_POD_CIDR" \
+        --node-ip="$KWOK_NODE_IP" \
         --server-address="127.0.0.1:$KWOK_PORT"
     wait_for "kwok /healthz" 60 kwok curl -sf --max-time 5 "http://127.0.0.1:$KWOK_PORT/healthz"
 }
@@ -418,6 +444,10 @@ metadata:
     kubernetes.io/os: linux
     kubernetes.io/role: agent
     node-role.kubernetes.io/agent: ""
+spec:
+  # Only what asks for a fake node lands here (scale tests); everything else runs on the real one.
+  taints:
+  - {key: kwok.x-k8s.io/node, value: fake, effect: NoSchedule}
 status:
   allocatable: {cpu: "32", memory: 256Gi, pods: "110", ephemeral-storage: 500Gi}
   capacity: {cpu: "32", memory: 256Gi, pods: "110", ephemeral-storage: 500Gi}
@@ -488,7 +518,17 @@ cmd_up() {
     local fresh=false
     if ! any_running; then
         fresh=true
+        if [[ -f "$STATE/layout" && "$(<"$STATE/layout")" != "$LAYOUT" ]] ||
+            [[ ! -f "$STATE/layout" && -d "$STATE/etcd" ]]; then
+            log "state in $STATE is of an older layout: starting from scratch"
+            find "$STATE" -mindepth 1 -maxdepth 1 ! -name .lock -exec rm -rf {} +
+        fi
+        node_check_host
+        # A run that was killed leaves pods, mounts, chains and links: remove them first.
+        node_cleanup
+        host_cleanup
         choose_ports
+        echo "$LAYOUT" >"$STATE/layout"
     fi
     load_ports
     # A failed cold start leaves nothing behind.
@@ -499,6 +539,7 @@ cmd_up() {
     ensure_pki
     write_kubeconfigs
     link_binaries
+    net_up
     start_etcd
     start_apiserver
     start_controller_manager
@@ -508,14 +549,42 @@ cmd_up() {
     wait_for "nodes Ready" 180 kwok all_nodes_ready
     wait_for "ServiceAccount default/default" 120 kube-controller-manager \
         kubectl_ get serviceaccount default --namespace default
+    node_up
+    addons_up
+    load_project_images
     trap - EXIT
-    log "up in $((SECONDS - start))s: https://127.0.0.1:$APISERVER_PORT"
+    log "up in $((SECONDS - start))s: https://$HOST_IP:$APISERVER_PORT"
     log "kubeconfig: $KUBECONFIG_FILE   kubectl: $STATE/bin/kubectl"
 }
 
 cmd_stop_all() {
     local c
+    node_down
     for c in "${COMPONENTS[@]}"; do stop_component "$c"; done
+    host_cleanup
+}
+
+# CoreDNS and metrics-server (hack/addons.sh): images into the node, manifests applied, ready.
+addons_up() {
+    local archive
+    while read -r archive; do
+        [[ -n "$archive" ]] && node_load_image "$archive"
+    done < <("$HACK_DIR/addons.sh" images)
+    "$HACK_DIR/addons.sh" apply "$KUBECONFIG_FILE" "$BIN_DIR/kubectl"
+}
+
+# The project's images (make images), when built: everything of ours runs from them.
+load_project_images() {
+    local tag name archive
+    for tag in $("$HACK_DIR/images.sh" --print-tags); do
+        if ! podman image exists "$tag"; then
+            log "image $tag not built (make images): not loaded"
+            continue
+        fi
+        name=${tag##*/}
+        archive=$("$HACK_DIR/images.sh" save "${name%%:*}")
+        node_load_image "$archive"
+    done
 }
 
 cmd_down() {
@@ -548,7 +617,7 @@ cmd_status() {
     for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
         c=${COMPONENTS[$i]}
         if pid=$(component_pid "$c"); then
-            printf '%-24s running  pid %-8s port %s\n' "$c" "$pid" "${port_of[$c]}"
+            printf '%-24s running  pid %-8s port %s\n' "$c" "$pid" "${port_of[$c]:-}"
         else
             printf '%-24s stopped\n' "$c"
             rc=1
@@ -589,6 +658,7 @@ case "${1:-}" in
     kubeconfig) echo "$KUBECONFIG_FILE" ;;
     env) cmd_env ;;
     restart-apiserver) cmd_restart_apiserver ;;
+    load-images) component_running containerd || die "the node is not running"; load_project_images ;;
     clean) cmd_clean ;;
     *)
         sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0" >&2

@@ -22,6 +22,9 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from tests.conftest import required
+from tests.e2e.host_state import HostState
+
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SH = REPO / "hack" / "cluster.sh"
 BUILD_SH = REPO / "hack" / "build-cluster-binaries.sh"
@@ -30,6 +33,14 @@ E2E_DIR = Path(__file__).resolve().parent
 MISSING_BINARIES = 3
 
 T = TypeVar("T")
+
+# kwok's nodes are tainted: only pods that ask for a fake node land there (scale and controller
+# tests whose pods run nothing); everything else runs on the real node.
+FAKE_NODE_TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
+ON_FAKE_NODES: dict[str, Any] = {
+    "nodeSelector": {"type": "kwok"},
+    "tolerations": [FAKE_NODE_TOLERATION],
+}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -149,27 +160,28 @@ def _answers(kubeconfig: Path) -> bool:
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     state = state_dir()
     started = False
+    before: HostState | None = None
     external = os.environ.get("KUBECONFIG")
     if external and _answers(Path(external)):
         kubeconfig = Path(external).resolve()
     else:
         # Already up (make cluster-up): use it and leave it running.
         if cluster_sh("status").returncode != 0:
+            before = HostState.capture()
             result = cluster_sh("up")
             if result.returncode == MISSING_BINARIES:
-                pytest.skip(
-                    f"control-plane binaries not built (make cluster-binaries):\n{result.stderr}"
-                )
+                required(f"cluster binaries not built (make cluster-binaries):\n{result.stderr}")
             if result.returncode != 0:
                 cluster_sh("down")
-                raise RuntimeError(f"hack/cluster.sh up failed:\n{result.stderr}")
+                raise RuntimeError(f"hack/cluster.sh up failed:\n{result.stderr[-6000:]}")
             started = True
         kubeconfig = state / "kubeconfig"
 
     kubectl = bin_dir() / "kubectl"
     kubectl_path = str(kubectl) if kubectl.exists() else shutil.which("kubectl")
     if kubectl_path is None:
-        pytest.skip("no kubectl found")
+        required("no kubectl found")
+        raise AssertionError  # unreachable: required() raises
     # kubectl's discovery cache goes to a temporary directory, not ~/.kube.
     env = {**os.environ, "KUBECACHEDIR": str(tmp_path_factory.mktemp("kubectl-cache"))}
     managed = kubeconfig == (state / "kubeconfig").resolve()
@@ -180,6 +192,10 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
         if started:
             result = cluster_sh("down")
             assert result.returncode == 0, result.stderr
+            # `down` puts the host back exactly as `up` found it.
+            assert before is not None
+            left = before.differences(HostState.capture())
+            assert not left, f"cluster.sh down left the host changed:\n{left}"
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from tests.conftest import required
 from tests.e2e.conftest import Kube
 from tests.e2e.test_operator import World, cluster, guide_manifest, world  # noqa: F401
 from tests.server.conftest import RoutingDir, free_port
@@ -279,7 +280,7 @@ class Rig:
 @pytest.fixture
 def rig(world: World, tmp_path: Path) -> Iterator[Rig]:  # noqa: F811
     if PROMETHEUS is None:
-        pytest.skip("Debian's prometheus is not installed")
+        required("Debian's prometheus is not installed (hack/install-deps.sh)")
     models = {"v1": train(tmp_path, "v1", 1, False, None)}
     first = json.loads(models["v1"])["version"]
     models["better"] = train(tmp_path, "better", 2, False, first)

@@ -11,7 +11,7 @@ import yaml
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from tests.e2e.conftest import Kube, manifest
+from tests.e2e.conftest import ON_FAKE_NODES, Kube, manifest
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +38,7 @@ def _deployment(name: str, replicas: int) -> Any:
                 "selector": {"matchLabels": labels},
                 "template": {
                     "metadata": {"labels": labels},
-                    "spec": {"containers": [{"name": "main", "image": IMAGE}]},
+                    "spec": {"containers": [{"name": "main", "image": IMAGE}], **ON_FAKE_NODES},
                 },
             },
         }
@@ -102,6 +102,7 @@ def test_job_pod_runs_then_succeeds(kube: Kube, namespace: str) -> None:
                     "spec": {
                         "restartPolicy": "Never",
                         "containers": [{"name": "main", "image": IMAGE, "command": ["true"]}],
+                        **ON_FAKE_NODES,
                     }
                 },
             },

@@ -23,7 +23,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.conftest import REPO
-from tests.e2e.conftest import Kube
+from tests.e2e.conftest import ON_FAKE_NODES, Kube
 
 pytestmark = pytest.mark.e2e
 
@@ -100,6 +100,8 @@ def guide_manifest(namespace: str, name: str = "storefront", **spec: Any) -> dic
                     "maxReplicas": 5,
                     "targetCPUUtilizationPercentage": 60,
                 },
+                # kwok stands in for serving pods here; test_product runs them for real.
+                **ON_FAKE_NODES,
             },
         },
     }

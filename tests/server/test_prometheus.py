@@ -13,15 +13,17 @@ from pathlib import Path
 import pytest
 
 from shopping_guide_operator.prometheus_provider import MeasurementError, PrometheusProvider
+from tests.conftest import required
 from tests.server.conftest import Server, free_port
 
 PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="Debian's prometheus is not installed")
 SELECTOR = {"shoppingguide": "storefront"}
 
 
 @pytest.fixture
 def prometheus(server: Server, tmp_path: Path) -> Iterator[str]:
+    if PROMETHEUS is None:
+        required("Debian's prometheus is not installed (hack/install-deps.sh)")
     port = free_port()
     target = server.url.removeprefix("http://")
     config = tmp_path / "prometheus.yml"

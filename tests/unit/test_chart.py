@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import required
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "shopping-guide"
 
@@ -23,7 +25,7 @@ def helm() -> Path:
     ).stdout.strip()
     path = Path(out) / "helm"
     if not path.exists():
-        pytest.skip("helm is not built yet (make cluster-binaries)")
+        required("helm is not built yet (make cluster-binaries)")
     return path
 
 

@@ -1,0 +1,311 @@
+"""The product installed on the local cluster as a user installs it: the built images on the
+real node, the operator from the Helm chart, statically bound volumes, the sample guide.
+
+Used by the end-to-end tests and by `make demo` (hack/demo.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "shopping-guide"
+SAMPLE_DATA = REPO / "data" / "online-retail" / "online_retail.csv.xz"
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+RECOMMENDER_IMAGE = f"localhost/shopping-guide/recommender:{VERSION}"
+OPERATOR_IMAGE = f"localhost/shopping-guide/operator:{VERSION}"
+NODE = "real-0"
+# The images' user: volumes it writes must belong to it (hostPath has no fsGroup).
+IMAGE_UID = 10001
+SERVING_SELECTOR = "app.kubernetes.io/component=serving"
+
+T = TypeVar("T")
+
+
+class Failed(RuntimeError):
+    """A step did not finish; the message says what was awaited and what was last seen."""
+
+
+def wait_until(probe: Callable[[], T], timeout: float, what: str, interval: float = 1.0) -> T:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        try:
+            value = probe()
+            if value:
+                return value
+        except (subprocess.SubprocessError, OSError, ValueError, KeyError) as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            raise Failed(f"timed out after {timeout:.0f}s waiting for {what}" + (f" ({last!r})" if last else ""))
+        time.sleep(interval)
+
+
+@dataclass
+class Cluster:
+    """kubectl and helm against one cluster."""
+
+    kubeconfig: Path
+    bin_dir: Path
+    env: dict[str, str]
+
+    def run_kubectl(
+        self, *args: str, stdin: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+            check=False,
+        )
+
+    def kubectl(
+        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 120
+    ) -> str:
+        done = self.run_kubectl(*args, stdin=stdin, timeout=timeout)
+        if check and done.returncode != 0:
+            raise Failed(f"kubectl {' '.join(args)} failed ({done.returncode}): {done.stderr}")
+        return done.stdout
+
+    def helm(self, *args: str, timeout: float = 300) -> str:
+        done = subprocess.run(
+            [str(self.bin_dir / "helm"), "--kubeconfig", str(self.kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise Failed(f"helm {' '.join(args[:2])} failed: {done.stderr or done.stdout}")
+        return done.stdout
+
+    def apply(self, *documents: dict[str, Any]) -> None:
+        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(documents))
+
+    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        out = self.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+        return json.loads(out) if out else None
+
+    def items(self, kind: str, namespace: str, selector: str = "") -> list[dict[str, Any]]:
+        args = ["get", kind, "-n", namespace, "-o", "json"]
+        if selector:
+            args += ["-l", selector]
+        return list(json.loads(self.kubectl(*args))["items"])
+
+
+def ready(pod: dict[str, Any]) -> bool:
+    return any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in pod.get("status", {}).get("conditions", [])
+    )
+
+
+@dataclass
+class Product:
+    """One install of the operator (a Helm release) watching one namespace."""
+
+    cluster: Cluster
+    namespace: str
+    system_namespace: str
+    release: str
+    volumes_root: Path
+
+    # --- installing ---------------------------------------------------------------------
+
+    def install_operator(self, *extra: str) -> None:
+        """The chart, with the built operator image, as a pod under the chart's account."""
+        for crd in sorted((REPO / "crds").glob("*.yaml")):
+            self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+        self.cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/shoppingguides.shoppingguide.io",
+        )  # fmt: skip
+        self.cluster.apply(namespace_manifest(self.namespace))
+        repository, tag = OPERATOR_IMAGE.rsplit(":", 1)
+        self.cluster.helm(
+            "upgrade", "--install", self.release, str(CHART),
+            "--namespace", self.system_namespace, "--create-namespace",
+            "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+            "--set", "image.pullPolicy=Never",
+            "--set", f"watchNamespaces={{{self.namespace}}}",
+            "--wait", "--timeout", "180s", *extra,
+        )  # fmt: skip
+
+    def operator_pods(self) -> list[dict[str, Any]]:
+        return self.cluster.items(
+            "pods", self.system_namespace, f"app.kubernetes.io/instance={self.release}"
+        )
+
+    def volumes(self) -> None:
+        """The sample data (read-only) and a model store, as statically bound hostPath
+        volumes: the local cluster has no provisioner."""
+        data = self.volumes_root / f"{self.namespace}-events"
+        models = self.volumes_root / f"{self.namespace}-models"
+        data.mkdir(parents=True, exist_ok=True)
+        models.mkdir(parents=True, exist_ok=True)
+        target = data / SAMPLE_DATA.name
+        if not target.exists():
+            shutil.copyfile(SAMPLE_DATA, target)
+        target.chmod(0o644)
+        for path in (self.volumes_root, data):
+            path.chmod(0o755)
+        os.chown(models, IMAGE_UID, IMAGE_UID)
+        for claim, path, mode in (
+            ("events", data, "ReadOnlyMany"),
+            ("models", models, "ReadWriteMany"),
+        ):
+            volume = f"{self.namespace}-{claim}"
+            self.cluster.apply(
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolume",
+                    "metadata": {"name": volume, "labels": {"shoppingguide.io/e2e": self.namespace}},
+                    "spec": {
+                        "capacity": {"storage": "10Gi"},
+                        "accessModes": [mode],
+                        "storageClassName": "",
+                        "persistentVolumeReclaimPolicy": "Retain",
+                        "hostPath": {"path": str(path), "type": "Directory"},
+                        "claimRef": {"namespace": self.namespace, "name": claim},
+                    },
+                },
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": claim, "namespace": self.namespace},
+                    "spec": {
+                        "accessModes": [mode],
+                        "storageClassName": "",
+                        "volumeName": volume,
+                        "resources": {"requests": {"storage": "10Gi"}},
+                    },
+                },
+            )
+
+    def sample_guide(self, name: str = "storefront", **spec: Any) -> dict[str, Any]:
+        """examples/online-retail.yaml, in this namespace, with the built recommender image."""
+        guide: dict[str, Any] = yaml.safe_load((REPO / "examples" / "online-retail.yaml").read_text())
+        guide["metadata"] = {"name": name, "namespace": self.namespace}
+        guide["spec"]["image"] = RECOMMENDER_IMAGE
+        guide["spec"]["imagePullPolicy"] = "Never"
+        guide["spec"].update(spec)
+        return guide
+
+    # --- reading ------------------------------------------------------------------------
+
+    def status(self, name: str = "storefront") -> dict[str, Any]:
+        guide = self.cluster.get("shoppingguide", name, self.namespace)
+        return dict((guide or {}).get("status") or {})
+
+    def serving_pods(self, name: str = "storefront") -> list[dict[str, Any]]:
+        return self.cluster.items(
+            "pods", self.namespace, f"{SERVING_SELECTOR},app.kubernetes.io/instance={name}"
+        )
+
+    def wait_serving(
+        self, name: str = "storefront", timeout: float = 900, progress: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
+        """Until the guide is Ready with a stable model and a Ready serving pod; returns status."""
+
+        def probe() -> dict[str, Any] | None:
+            status = self.status(name)
+            if progress is not None:
+                run = status.get("lastTrainingRun") or {}
+                progress(f"{status.get('phase', 'Pending')}: {status.get('message') or run.get('job') or 'waiting for the operator'}")
+            if status.get("phase") == "Ready" and (status.get("stable") or {}).get("version"):
+                if any(ready(p) for p in self.serving_pods(name)):
+                    return status
+            return None
+
+        try:
+            return wait_until(probe, timeout, f"guide {name} serving", interval=2)
+        except Failed as exc:
+            raise Failed(f"{exc}\n{self.diagnose(name)}") from None
+
+    def service_url(self, name: str = "storefront") -> str:
+        service = self.cluster.get("service", name, self.namespace)
+        assert service is not None, f"no Service {name}"
+        port = service["spec"]["ports"][0]["port"]
+        return f"http://{service['spec']['clusterIP']}:{port}"
+
+    def dns_url(self, name: str = "storefront") -> str:
+        service = self.cluster.get("service", name, self.namespace)
+        assert service is not None, f"no Service {name}"
+        port = service["spec"]["ports"][0]["port"]
+        return f"http://{name}.{self.namespace}.svc.cluster.local:{port}"
+
+    def diagnose(self, name: str = "storefront") -> str:
+        """What a user would look at: the guide, its pods and the namespace's Events."""
+        parts = [
+            self.cluster.kubectl("describe", "shoppingguide", name, "-n", self.namespace, check=False),
+            self.cluster.kubectl("get", "pods,jobs", "-n", self.namespace, "-o", "wide", check=False),
+            self.cluster.kubectl(
+                "get", "events", "-n", self.namespace, "--sort-by=.lastTimestamp", check=False
+            )[-4000:],
+        ]
+        for pod in self.operator_pods():
+            parts.append(
+                self.cluster.kubectl(
+                    "logs", pod["metadata"]["name"], "-n", self.system_namespace, "--tail=60",
+                    check=False,
+                )
+            )  # fmt: skip
+        return "\n".join(parts)
+
+    # --- a pod of our image inside the cluster ---------------------------------------------
+
+    def run_in_pod(self, pod: str, script: str, timeout: float = 120) -> str:
+        """Runs a Python script in a fresh pod of the recommender image; returns its output."""
+        self.cluster.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": pod, "namespace": self.namespace},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [
+                        {
+                            "name": "client",
+                            "image": RECOMMENDER_IMAGE,
+                            "imagePullPolicy": "Never",
+                            "command": ["python", "-c", script],
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                        }
+                    ],
+                    "securityContext": {"runAsNonRoot": True},
+                },
+            }
+        )
+
+        def done() -> str | None:
+            got = self.cluster.get("pod", pod, self.namespace) or {}
+            phase = got.get("status", {}).get("phase")
+            return phase if phase in ("Succeeded", "Failed") else None
+
+        phase = wait_until(done, timeout, f"pod {pod} to finish")
+        logs = self.cluster.kubectl("logs", pod, "-n", self.namespace)
+        if phase != "Succeeded":
+            raise Failed(f"pod {pod} failed:\n{logs}")
+        return logs
+
+
+def namespace_manifest(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}

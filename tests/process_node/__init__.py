@@ -1,1 +1,0 @@
-"""A node agent that runs the pods bound to it as local processes (see README.md here)."""
