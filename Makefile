@@ -52,6 +52,14 @@ chart-sync: ## refresh what is generated from crds/ and operator/rbac/: chart co
 
 .PHONY: help install lint format test test-unit test-e2e bench chart-sync demo demo-down
 
+images: ## build both container images with podman (hack/images.sh --help)
+	hack/images.sh build
+
+base-image: ## build (or reuse) the local Debian base image the images build FROM
+	hack/images.sh base
+
+.PHONY: images base-image
+
 ifneq ($(wildcard hack/cluster.mk),)
 include hack/cluster.mk
 else
