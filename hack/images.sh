@@ -8,6 +8,8 @@
 #   hack/images.sh save NAME      export NAME (recommender, operator or any image) as a
 #                                 docker-archive tarball, once per image ID; print its path
 #
+# Needs podman (buildah builds too), and mmdebstrap for the local base.
+#
 # Environment:
 #   SHOPPING_GUIDE_BASE_IMAGE   the image both Dockerfiles build FROM, e.g.
 #                               docker.io/library/python:3.11-slim-bookworm where a registry is
@@ -187,7 +189,7 @@ source_url() {
 }
 
 build_image() {
-    local name="$1" base="$2" tag log start
+    local name="$1" base="$2" tag log
     tag="$(tag_of "$name")"
     log="$CACHE/images/logs/$name.log"
     local dockerfile=operator/Dockerfile
@@ -220,7 +222,6 @@ build_image() {
     else
         set -- podman build "${args[@]}" "$REPO"
     fi
-    start=$SECONDS
     logged "$name: $tool build $tag FROM $base" "$log" "$@"
     say "$name: $tag, $(podman image inspect --format '{{.Size}}' "$tag" | numfmt --to=si)B," \
         "image ID $(podman image inspect --format '{{.Id}}' "$tag" | cut -c1-12)"
