@@ -30,19 +30,22 @@ format: ## apply ruff's fixes and formatting
 test-unit: ## unit and model-quality tests (no cluster)
 	$(BIN)/pytest -m "not e2e" $(PYTEST_ARGS)
 
-test-e2e: cluster-binaries ## end-to-end tests on a local control plane
+test-e2e: deps install cluster-binaries images ## end-to-end tests on the local cluster's real node
 	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
 
-test: cluster-binaries ## every test: unit, quality and end-to-end
+test: deps install cluster-binaries images ## every test: unit, quality, images and end-to-end (needs root)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+deps: ## install the Debian packages the cluster, images and tests need (root, apt-get)
+	hack/install-deps.sh
 
 bench: ## benchmarks; prints JSON
 	$(BIN)/python -m benchmarks.all
 
-demo: install ## local control plane + operator + a shopping guide trained on Online Retail
+demo: deps install cluster-binaries images ## local cluster + operator + a shopping guide trained on Online Retail
 	$(BIN)/python hack/demo.py
 
-demo-down: ## stop the demo's operator, node, pods and the local control plane
+demo-down: ## remove the demo's guide and operator and stop the local cluster
 	$(BIN)/python hack/demo.py --down
 
 chart-sync: ## refresh what is generated from crds/ and operator/rbac/: chart copies, docs/reference.md
@@ -50,7 +53,7 @@ chart-sync: ## refresh what is generated from crds/ and operator/rbac/: chart co
 	cp operator/rbac/role.yaml charts/shopping-guide/files/role.yaml
 	$(BIN)/python hack/crd_reference.py > docs/reference.md
 
-.PHONY: help install lint format test test-unit test-e2e bench chart-sync demo demo-down
+.PHONY: help install lint format test test-unit test-e2e deps bench chart-sync demo demo-down
 
 images: ## build both container images with podman (hack/images.sh --help)
 	hack/images.sh build

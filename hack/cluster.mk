@@ -3,10 +3,11 @@ CLUSTER_HACK_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 CLUSTER_SH := $(CLUSTER_HACK_DIR)/cluster.sh
 CLUSTER_BUILD := $(CLUSTER_HACK_DIR)/build-cluster-binaries.sh
 
-cluster-binaries: ## build etcd, kube-*, kubectl, kwok and helm into the version-keyed cache
+cluster-binaries: ## build etcd, kube-*, kubelet, kube-proxy, kwok, helm, CoreDNS, metrics-server (cached)
 	@$(CLUSTER_BUILD) >/dev/null
+	@$(CLUSTER_HACK_DIR)/build-addons.sh >/dev/null
 
-cluster-up: cluster-binaries ## start the local control plane (no-op when it runs)
+cluster-up: cluster-binaries ## start the local cluster with its real node (no-op when it runs; root)
 	@$(CLUSTER_SH) up
 
 cluster-down: ## stop the local control plane (keeps its state)

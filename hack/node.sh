@@ -319,7 +319,7 @@ node_load_image() {
     stamp="$NODE_DIR/images/loaded-$sum"
     [[ -f "$stamp" ]] && return 0
     local start=$SECONDS
-    ctr_ images import --digests --snapshotter overlayfs - <"$archive" >/dev/null ||
+    ctr_ images import --snapshotter overlayfs - <"$archive" >/dev/null ||
         die "could not import $archive into the node"
     mkdir -p "$NODE_DIR/images"
     : >"$stamp"

@@ -28,6 +28,7 @@ NODE = "real-0"
 # The images' user: volumes it writes must belong to it (hostPath has no fsGroup).
 IMAGE_UID = 10001
 SERVING_SELECTOR = "app.kubernetes.io/component=serving"
+UNRECOVERABLE = {"ErrImageNeverPull", "InvalidImageName", "CreateContainerConfigError"}
 
 T = TypeVar("T")
 
@@ -222,6 +223,9 @@ class Product:
         """Until the guide is Ready with a stable model and a Ready serving pod; returns status."""
 
         def probe() -> dict[str, Any] | None:
+            stuck = self.stuck_pods()
+            if stuck:
+                raise Failed(f"pods cannot run: {', '.join(stuck)}")
             status = self.status(name)
             if progress is not None:
                 run = status.get("lastTrainingRun") or {}
@@ -235,6 +239,19 @@ class Product:
             return wait_until(probe, timeout, f"guide {name} serving", interval=2)
         except Failed as exc:
             raise Failed(f"{exc}\n{self.diagnose(name)}") from None
+
+    def stuck_pods(self) -> list[str]:
+        """Pods of the operator or the guides that will not come up without a change: a
+        crash loop, an image the node lacks, a bad container config."""
+        found = []
+        for namespace in (self.system_namespace, self.namespace):
+            for pod in self.cluster.items("pods", namespace):
+                for container in pod.get("status", {}).get("containerStatuses", []):
+                    reason = (container.get("state", {}).get("waiting") or {}).get("reason", "")
+                    looping = reason == "CrashLoopBackOff" and container["restartCount"] >= 3
+                    if looping or reason in UNRECOVERABLE:
+                        found.append(f"{namespace}/{pod['metadata']['name']} ({reason})")
+        return found
 
     def service_url(self, name: str = "storefront") -> str:
         service = self.cluster.get("service", name, self.namespace)
