@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.product import SAMPLE_DATA, Cluster, Failed, Product  # noqa: E402
+from tests.e2e.product import SAMPLE_DATA, Cluster, Product, StepError  # noqa: E402
 
 STATE = REPO / ".demo"
 NAMESPACE = "shop"
@@ -96,7 +96,8 @@ def show(p: Product) -> None:
         note = f"  (you bought: {because})" if because else ""
         print(f"  {item['item_id']:<8} {item['title']:<40} £{item.get('price', 0):.2f}{note}")
     print(f"\nService: {base}   kubeconfig: {p.cluster.kubeconfig}")
-    print(f"try: kubectl describe sg {GUIDE} -n {NAMESPACE}    dashboard: dashboards/shopping-guide.json")
+    print(f"try: kubectl describe sg {GUIDE} -n {NAMESPACE}")
+    print("Grafana dashboard: dashboards/shopping-guide.json")
     print("stop: make demo-down")
 
 
@@ -133,7 +134,7 @@ def main() -> int:
         p.cluster.apply(p.sample_guide(GUIDE))
         print("training on Online Retail and serving through the operator's own pods:")
         p.wait_serving(GUIDE, TIMEOUT, progress)
-    except Failed as exc:
+    except StepError as exc:
         progress.done()
         raise SystemExit(f"\n{exc}") from None
     except KeyboardInterrupt:

@@ -102,7 +102,7 @@ class Kube:
 
     def wait_until(
         self,
-        probe: Callable[[], T],
+        probe: Callable[[], T | None],
         timeout: float,
         what: str,
         interval: float = 1.0,

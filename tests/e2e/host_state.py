@@ -5,7 +5,6 @@ iptables/nftables rules, links, routes, network namespaces, mounts, cgroups, sys
 from __future__ import annotations
 
 import difflib
-import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ def _processes() -> str:
         if not entry.name.isdigit():
             continue
         try:
-            exe = os.readlink(entry / "exe")
+            exe = str((entry / "exe").readlink())
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
@@ -95,7 +94,12 @@ class HostState:
                 ("iptables", _rules("iptables-save")),
                 ("ip6tables", _rules("ip6tables-save")),
                 ("links", re.sub(r"\s+link/\S+ \S+ brd \S+", "", _run("ip", "-o", "link", "show"))),
-                ("addresses", re.sub(r"valid_lft \S+ preferred_lft \S+", "", _run("ip", "-o", "addr", "show"))),
+                (
+                    "addresses",
+                    re.sub(
+                        r"valid_lft \S+ preferred_lft \S+", "", _run("ip", "-o", "addr", "show")
+                    ),
+                ),
                 ("routes", _run("ip", "route", "show", "table", "all")),
                 ("netns", _run("ip", "netns", "list")),
                 ("mounts", _mounts()),

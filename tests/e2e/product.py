@@ -33,11 +33,13 @@ UNRECOVERABLE = {"ErrImageNeverPull", "InvalidImageName", "CreateContainerConfig
 T = TypeVar("T")
 
 
-class Failed(RuntimeError):
+class StepError(RuntimeError):
     """A step did not finish; the message says what was awaited and what was last seen."""
 
 
-def wait_until(probe: Callable[[], T], timeout: float, what: str, interval: float = 1.0) -> T:
+def wait_until(
+    probe: Callable[[], T | None], timeout: float, what: str, interval: float = 1.0
+) -> T:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while True:
@@ -48,7 +50,10 @@ def wait_until(probe: Callable[[], T], timeout: float, what: str, interval: floa
         except (subprocess.SubprocessError, OSError, ValueError, KeyError) as exc:
             last = exc
         if time.monotonic() >= deadline:
-            raise Failed(f"timed out after {timeout:.0f}s waiting for {what}" + (f" ({last!r})" if last else ""))
+            raise StepError(
+                f"timed out after {timeout:.0f}s waiting for {what}"
+                + (f" ({last!r})" if last else "")
+            )
         time.sleep(interval)
 
 
@@ -78,7 +83,7 @@ class Cluster:
     ) -> str:
         done = self.run_kubectl(*args, stdin=stdin, timeout=timeout)
         if check and done.returncode != 0:
-            raise Failed(f"kubectl {' '.join(args)} failed ({done.returncode}): {done.stderr}")
+            raise StepError(f"kubectl {' '.join(args)} failed ({done.returncode}): {done.stderr}")
         return done.stdout
 
     def helm(self, *args: str, timeout: float = 300) -> str:
@@ -91,7 +96,7 @@ class Cluster:
             check=False,
         )
         if done.returncode != 0:
-            raise Failed(f"helm {' '.join(args[:2])} failed: {done.stderr or done.stdout}")
+            raise StepError(f"helm {' '.join(args[:2])} failed: {done.stderr or done.stdout}")
         return done.stdout
 
     def apply(self, *documents: dict[str, Any]) -> None:
@@ -174,7 +179,10 @@ class Product:
                 {
                     "apiVersion": "v1",
                     "kind": "PersistentVolume",
-                    "metadata": {"name": volume, "labels": {"shoppingguide.io/e2e": self.namespace}},
+                    "metadata": {
+                        "name": volume,
+                        "labels": {"shoppingguide.io/e2e": self.namespace},
+                    },
                     "spec": {
                         "capacity": {"storage": "10Gi"},
                         "accessModes": [mode],
@@ -199,7 +207,9 @@ class Product:
 
     def sample_guide(self, name: str = "storefront", **spec: Any) -> dict[str, Any]:
         """examples/online-retail.yaml, in this namespace, with the built recommender image."""
-        guide: dict[str, Any] = yaml.safe_load((REPO / "examples" / "online-retail.yaml").read_text())
+        guide: dict[str, Any] = yaml.safe_load(
+            (REPO / "examples" / "online-retail.yaml").read_text()
+        )
         guide["metadata"] = {"name": name, "namespace": self.namespace}
         guide["spec"]["image"] = RECOMMENDER_IMAGE
         guide["spec"]["imagePullPolicy"] = "Never"
@@ -218,27 +228,31 @@ class Product:
         )
 
     def wait_serving(
-        self, name: str = "storefront", timeout: float = 900, progress: Callable[[str], None] | None = None
+        self,
+        name: str = "storefront",
+        timeout: float = 900,
+        progress: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         """Until the guide is Ready with a stable model and a Ready serving pod; returns status."""
 
         def probe() -> dict[str, Any] | None:
             stuck = self.stuck_pods()
             if stuck:
-                raise Failed(f"pods cannot run: {', '.join(stuck)}")
+                raise StepError(f"pods cannot run: {', '.join(stuck)}")
             status = self.status(name)
             if progress is not None:
                 run = status.get("lastTrainingRun") or {}
-                progress(f"{status.get('phase', 'Pending')}: {status.get('message') or run.get('job') or 'waiting for the operator'}")
-            if status.get("phase") == "Ready" and (status.get("stable") or {}).get("version"):
-                if any(ready(p) for p in self.serving_pods(name)):
-                    return status
+                detail = status.get("message") or run.get("job") or "waiting for the operator"
+                progress(f"{status.get('phase', 'Pending')}: {detail}")
+            serving = status.get("phase") == "Ready" and (status.get("stable") or {}).get("version")
+            if serving and any(ready(p) for p in self.serving_pods(name)):
+                return status
             return None
 
         try:
             return wait_until(probe, timeout, f"guide {name} serving", interval=2)
-        except Failed as exc:
-            raise Failed(f"{exc}\n{self.diagnose(name)}") from None
+        except StepError as exc:
+            raise StepError(f"{exc}\n{self.diagnose(name)}") from None
 
     def stuck_pods(self) -> list[str]:
         """Pods of the operator or the guides that will not come up without a change: a
@@ -268,8 +282,12 @@ class Product:
     def diagnose(self, name: str = "storefront") -> str:
         """What a user would look at: the guide, its pods and the namespace's Events."""
         parts = [
-            self.cluster.kubectl("describe", "shoppingguide", name, "-n", self.namespace, check=False),
-            self.cluster.kubectl("get", "pods,jobs", "-n", self.namespace, "-o", "wide", check=False),
+            self.cluster.kubectl(
+                "describe", "shoppingguide", name, "-n", self.namespace, check=False
+            ),
+            self.cluster.kubectl(
+                "get", "pods,jobs", "-n", self.namespace, "-o", "wide", check=False
+            ),
             self.cluster.kubectl(
                 "get", "events", "-n", self.namespace, "--sort-by=.lastTimestamp", check=False
             )[-4000:],
@@ -320,7 +338,7 @@ class Product:
         phase = wait_until(done, timeout, f"pod {pod} to finish")
         logs = self.cluster.kubectl("logs", pod, "-n", self.namespace)
         if phase != "Succeeded":
-            raise Failed(f"pod {pod} failed:\n{logs}")
+            raise StepError(f"pod {pod} failed:\n{logs}")
         return logs
 
 

@@ -17,14 +17,15 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Kube, bin_dir, required, state_dir
+from tests.conftest import required
+from tests.e2e.conftest import Kube, bin_dir, state_dir
 from tests.e2e.product import (
     NODE,
     OPERATOR_IMAGE,
     RECOMMENDER_IMAGE,
     Cluster,
-    Failed,
     Product,
+    StepError,
     ready,
     wait_until,
 )
@@ -46,7 +47,7 @@ def require_images(cluster: Cluster) -> None:
     wanted = {RECOMMENDER_IMAGE, OPERATOR_IMAGE}
     try:
         wait_until(lambda: wanted <= images_on_the_node(cluster), 30, "the images on the node")
-    except Failed:
+    except StepError:
         missing = sorted(wanted - images_on_the_node(cluster))
         required(f"images not on {NODE}: {missing} (make images, then make cluster-up)")
 
@@ -74,7 +75,10 @@ def product(kube: Kube) -> Iterator[Product]:
                     "maxReplicas": 4,
                     "targetCPUUtilizationPercentage": 50,
                 },
-                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+                "resources": {
+                    "requests": {"cpu": "100m", "memory": "256Mi"},
+                    "limits": {"memory": "1Gi"},
+                },
                 "podDisruptionBudget": {"maxUnavailable": 1},
             },
         )
@@ -83,10 +87,16 @@ def product(kube: Kube) -> Iterator[Product]:
     try:
         yield p
     finally:
-        cluster.kubectl("delete", "shoppingguide", "--all", "-n", p.namespace, "--timeout=60s", check=False)
+        cluster.kubectl(
+            "delete", "shoppingguide", "--all", "-n", p.namespace, "--timeout=60s", check=False
+        )
         p.cluster.helm("uninstall", p.release, "--namespace", p.system_namespace, "--wait")
-        cluster.kubectl("delete", "namespace", p.namespace, p.system_namespace, "--wait=false", check=False)
-        cluster.kubectl("delete", "pv", "-l", f"shoppingguide.io/e2e={p.namespace}", "--wait=false", check=False)
+        cluster.kubectl(
+            "delete", "namespace", p.namespace, p.system_namespace, "--wait=false", check=False
+        )
+        cluster.kubectl(
+            "delete", "pv", "-l", f"shoppingguide.io/e2e={p.namespace}", "--wait=false", check=False
+        )
 
 
 def get_json(url: str, timeout: float = 10) -> dict[str, Any]:
@@ -95,7 +105,9 @@ def get_json(url: str, timeout: float = 10) -> dict[str, Any]:
     return body
 
 
-def test_the_operator_runs_from_its_image_under_the_charts_service_account(product: Product) -> None:
+def test_the_operator_runs_from_its_image_under_the_charts_service_account(
+    product: Product,
+) -> None:
     pods = product.operator_pods()
     assert len(pods) == 1 and ready(pods[0]), pods
     pod = pods[0]
@@ -168,7 +180,11 @@ def test_a_pod_over_its_memory_limit_is_oom_killed_while_the_guide_serves(produc
                         "name": "hog",
                         "image": RECOMMENDER_IMAGE,
                         "imagePullPolicy": "Never",
-                        "command": ["python", "-c", "x = bytearray(512 << 20); import time; time.sleep(600)"],
+                        "command": [
+                            "python",
+                            "-c",
+                            "x = bytearray(512 << 20); import time; time.sleep(600)",
+                        ],
                         "resources": {"limits": {"memory": "64Mi"}},
                     }
                 ]
@@ -204,7 +220,9 @@ def evict(product: Product, pod: str) -> subprocess.CompletedProcess[str]:
 
 def test_evictions_respect_the_pod_disruption_budget(product: Product) -> None:
     def settled() -> list[dict[str, Any]] | None:
-        pods = [p for p in product.serving_pods(GUIDE) if not p["metadata"].get("deletionTimestamp")]
+        pods = [
+            p for p in product.serving_pods(GUIDE) if not p["metadata"].get("deletionTimestamp")
+        ]
         budget = product.cluster.get("pdb", GUIDE, product.namespace) or {}
         allowed = budget.get("status", {}).get("disruptionsAllowed")
         return pods if len(pods) >= 2 and all(ready(p) for p in pods) and allowed == 1 else None
@@ -244,7 +262,9 @@ def test_load_through_the_service_scales_the_guide_up_and_back_down(product: Pro
     for t in threads:
         t.start()
     try:
-        wait_until(lambda: replicas() > start_replicas, 240, "the HPA to add serving pods", interval=2)
+        wait_until(
+            lambda: replicas() > start_replicas, 240, "the HPA to add serving pods", interval=2
+        )
         scale_up = time.monotonic() - started
         wait_until(
             lambda: sum(ready(p) for p in product.serving_pods(GUIDE)) > start_replicas,
@@ -260,4 +280,3 @@ def test_load_through_the_service_scales_the_guide_up_and_back_down(product: Pro
     wait_until(lambda: replicas() == start_replicas, 300, "the HPA to scale back down", interval=3)
     assert counts["ok"] > 100
     assert counts["failed"] == 0, counts
-

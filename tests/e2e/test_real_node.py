@@ -62,7 +62,9 @@ def test_metrics_server_reports_the_node(kube: Kube) -> None:
 
 
 def test_cluster_dns_answers_from_its_service(kube: Kube) -> None:
-    service = json.loads(kube.kubectl("get", "svc", "kube-dns", "-n", "kube-system", "-o", "json").stdout)
+    service = json.loads(
+        kube.kubectl("get", "svc", "kube-dns", "-n", "kube-system", "-o", "json").stdout
+    )
     assert service["spec"]["clusterIP"] == "198.18.128.10"
     ready = kube.kubectl(
         "get", "deploy", "coredns", "-n", "kube-system", "-o", "jsonpath={.status.readyReplicas}"

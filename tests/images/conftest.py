@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import required
+
 REPO = Path(__file__).resolve().parents[2]
 IMAGES_SH = REPO / "hack" / "images.sh"
 IMAGES_DIR = Path(__file__).resolve().parent
@@ -36,18 +38,6 @@ USER = "10001:10001"
 # The bundle hack/images.sh hands the build as its secret "ca".
 CA_BUNDLE = Path(os.environ.get("SHOPPING_GUIDE_CA_BUNDLE") or "/etc/ssl/certs/ca-certificates.crt")
 PEM = re.compile(rb"-----BEGIN CERTIFICATE-----\s+(.*?)-----END CERTIFICATE-----", re.S)
-
-
-def required(reason: str) -> None:
-    """Fails in CI, where a missing image or tool must not pass for a green run; skips
-    elsewhere."""
-    if os.environ.get("CI"):
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "images: tests of the built container images (podman)")
 
 
 @pytest.hookimpl(tryfirst=True)

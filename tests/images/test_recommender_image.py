@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from shopping_guide_contracts import training_result
+from tests.conftest import ONLINE_RETAIL
 from tests.images.conftest import (
     REPO,
     Mount,
@@ -23,14 +24,8 @@ from tests.images.conftest import (
     free_port,
     http_get,
     images_sh,
-    required,
 )
 
-# The shipped sample first; the shared copy it came from otherwise.
-DATASETS = (
-    REPO / "data" / "online-retail" / "online_retail.csv.xz",
-    REPO.parent / "shared" / "datasets" / "online-retail" / "online_retail.csv.xz",
-)
 SAMPLE_ROWS = 5000
 # As benchmarks/online_retail.py reads it: customers x stock codes, non-products left out.
 TRAIN_ARGS = [
@@ -110,10 +105,7 @@ def test_openmp_runtime_is_the_systems(podman: Podman, recommender_image: str) -
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dataset = next((path for path in DATASETS if path.exists()), None)
-    if dataset is None:
-        required(f"the Online Retail sample is missing ({DATASETS[0]})")
-        raise AssertionError  # unreachable
+    dataset = ONLINE_RETAIL
     folder = tmp_path_factory.mktemp("events")
     with lzma.open(dataset, "rt", encoding="utf-8") as source:
         lines = [line for _, line in zip(range(SAMPLE_ROWS + 1), source, strict=False)]

@@ -1,0 +1,88 @@
+"""Simulated shoppers, run as a pod of the recommender image (standard library only).
+
+Each shopper belongs to a taste group (its user id starts with the group's letter) and asks the
+guide's Service for one recommendation; when the item is of its own group it clicks it, which
+the server attributes to the model version that served the list. A model trained on scrambled
+events recommends other groups' items and loses its clicks. Every few seconds one JSON line on
+stdout counts responses by model version, clicks and failures.
+
+    python shopper_pod.py URL --groups abcd --users 150 [--rate 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("--groups", default="abcd")
+    parser.add_argument("--users", type=int, default=150)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--report-every", type=float, default=2.0)
+    args = parser.parse_args()
+
+    counts: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def shop(seed: int) -> None:
+        rng = random.Random(seed)
+        while True:
+            group = rng.choice(args.groups)
+            user = f"{group}-user-{rng.randrange(args.users)}"
+            try:
+                with urllib.request.urlopen(
+                    f"{args.url}/v1/recommendations?user_id={user}&k=1", timeout=10
+                ) as response:
+                    body = json.loads(response.read())
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                with lock:
+                    counts[f"failed:{type(exc).__name__}"] += 1
+                time.sleep(0.2)
+                continue
+            version = str(body.get("model_version"))
+            items = body.get("items") or []
+            with lock:
+                counts[f"served:{version}"] += 1
+            if items and items[0]["item_id"].startswith(group):
+                feedback = {
+                    "recommendation_id": body["recommendation_id"],
+                    "user_id": user,
+                    "item_id": items[0]["item_id"],
+                    "event": "click",
+                }
+                request = urllib.request.Request(
+                    f"{args.url}/v1/feedback",
+                    json.dumps(feedback).encode(),
+                    {"Content-Type": "application/json"},
+                    method="POST",
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=10):
+                        pass
+                    with lock:
+                        counts[f"clicked:{version}"] += 1
+                except (urllib.error.URLError, OSError) as exc:
+                    with lock:
+                        counts[f"failed:{type(exc).__name__}"] += 1
+            time.sleep(0.01)
+
+    for n in range(args.workers):
+        threading.Thread(target=shop, args=(n,), daemon=True).start()
+    while True:
+        time.sleep(args.report_every)
+        with lock:
+            print(json.dumps({"time": time.time(), **counts}), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
