@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the binaries of a local Kubernetes cluster from Go modules: kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubectl, and the node's kubelet and kube-proxy
-# (k8s.io/kubernetes), etcd, kwok and helm; and the node's pause binary from the C source that
+# (k8s.io/kubernetes), etcd, kwok, helm and the tests' Prometheus; and the node's pause binary from the C source that
 # ships inside the k8s.io/kubernetes module (gcc, static). Binaries land in a cache directory keyed by the pinned versions,
 # outside the clone, and each one is skipped when it is already there at the right version.
 #
@@ -13,6 +13,9 @@ K8S_VERSION=v1.34.4
 ETCD_VERSION=v3.5.35
 KWOK_VERSION=v0.7.0
 HELM_VERSION=v3.22.0
+# Prometheus 3.16.0 (module versions are v0.<major><minor>.<patch>). Debian's package lacks the
+# Kubernetes service discovery that the end-to-end tests rely on.
+PROMETHEUS_VERSION=v0.316.0
 
 CACHE_ROOT=${SHOPPING_GUIDE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/shopping-guide}
 KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
@@ -196,6 +199,17 @@ else
     log "building helm $HELM_VERSION"
     timed helm go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
         "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+fi
+
+if has_module_version "$BIN_DIR/prometheus" github.com/prometheus/prometheus "$PROMETHEUS_VERSION"; then
+    log "prometheus $PROMETHEUS_VERSION already built"
+else
+    log "building prometheus $PROMETHEUS_VERSION"
+    prom_version=${PROMETHEUS_VERSION#v0.}
+    prom_version="${prom_version:0:1}.${prom_version:1:2}.${prom_version#*.}"
+    timed prometheus go_install prometheus \
+        "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" \
+        "-s -w -X github.com/prometheus/common/version.Version=$prom_version -X github.com/prometheus/common/version.Branch=release"
 fi
 
 if ((${#TIMINGS[@]} > 0)); then

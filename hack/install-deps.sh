@@ -7,12 +7,12 @@
 #   podman buildah mmdebstrap uidmap              images without a Docker engine
 #   gcc libc6-dev                                 the node's static pause binary
 #   openssl curl                                  certificates, readiness probes
-#   prometheus wrk                                canary analysis, serving benchmark
+#   wrk                                           serving benchmark
 set -euo pipefail
 
 PACKAGES=(containerd runc containernetworking-plugins iptables conntrack iproute2
     podman buildah mmdebstrap uidmap gcc libc6-dev openssl curl ca-certificates make
-    xz-utils prometheus wrk)
+    xz-utils wrk)
 
 if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then
     echo "install as root with apt-get: ${PACKAGES[*]}" >&2

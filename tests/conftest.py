@@ -20,6 +20,21 @@ def required(reason: str) -> None:
     pytest.skip(reason)
 
 
+def prometheus_binary() -> str:
+    """The Prometheus that hack/build-cluster-binaries.sh builds (with Kubernetes service
+    discovery, which Debian's package lacks)."""
+    import subprocess
+
+    bin_dir = subprocess.run(
+        [str(REPO / "hack" / "build-cluster-binaries.sh"), "--bin-dir"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    binary = Path(bin_dir) / "prometheus"
+    if not binary.exists():
+        required(f"no {binary}: make cluster-binaries builds it")
+    return str(binary)
+
+
 @pytest.fixture
 def write_file(tmp_path: Path) -> Callable[[str, str], Path]:
     def write(name: str, text: str) -> Path:

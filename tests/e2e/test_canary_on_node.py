@@ -8,7 +8,6 @@ stable model serves throughout."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import required
+from tests.conftest import prometheus_binary
 from tests.e2e.conftest import Kube, bin_dir, state_dir
 from tests.e2e.product import RECOMMENDER_IMAGE, Cluster, Product, wait_until
 from tests.e2e.test_canary import GROUPS, USERS_PER_GROUP, taste_rows
@@ -34,7 +33,7 @@ SHOPPERS = Path(__file__).with_name("shopper_pod.py")
 
 @dataclass
 class Prometheus:
-    """Debian's Prometheus on the host, discovering the guide's serving pods by the API."""
+    """Prometheus on the host, discovering the guide's serving pods by the API."""
 
     root: Path
     kubeconfig: Path
@@ -119,10 +118,7 @@ def status(url: str) -> int:
 def rig(
     kube: Kube, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Product, Prometheus]]:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        required("Debian's prometheus is not installed (hack/install-deps.sh)")
-        raise AssertionError
+    binary = prometheus_binary()
     cluster = Cluster(kube.kubeconfig, bin_dir(), kube.env)
     require_images(cluster)
     suffix = uuid.uuid4().hex[:6]

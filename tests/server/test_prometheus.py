@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -13,17 +12,15 @@ from pathlib import Path
 import pytest
 
 from shopping_guide_operator.prometheus_provider import MeasurementError, PrometheusProvider
-from tests.conftest import required
+from tests.conftest import prometheus_binary
 from tests.server.conftest import Server, free_port
 
-PROMETHEUS = shutil.which("prometheus")
 SELECTOR = {"shoppingguide": "storefront"}
 
 
 @pytest.fixture
 def prometheus(server: Server, tmp_path: Path) -> Iterator[str]:
-    if PROMETHEUS is None:
-        required("Debian's prometheus is not installed (hack/install-deps.sh)")
+    binary = prometheus_binary()
     port = free_port()
     target = server.url.removeprefix("http://")
     config = tmp_path / "prometheus.yml"
@@ -35,7 +32,7 @@ def prometheus(server: Server, tmp_path: Path) -> Iterator[str]:
     )
     log = (tmp_path / "prometheus.log").open("wb")
     process = subprocess.Popen(
-        [str(PROMETHEUS), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
          f"--web.listen-address=127.0.0.1:{port}"],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
