@@ -187,6 +187,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
     max_conf_num = 1
 EOF
     # ipMasq off: nothing a pod sends may leave the machine, so there is nothing to masquerade.
+    # No portmap plugin: nothing uses hostPort, and the bridge alone writes no iptables rules.
     cat >"$NODE_DIR/cni/10-sg-pods.conflist" <<EOF
 {
   "cniVersion": "0.4.0",
@@ -204,8 +205,7 @@ EOF
         "routes": [{"dst": "0.0.0.0/0"}],
         "dataDir": "$NODE_DIR/ipam"
       }
-    },
-    {"type": "portmap", "capabilities": {"portMappings": true}}
+    }
   ]
 }
 EOF
@@ -435,8 +435,8 @@ host_cleanup() {
     conntrack -D -d "$CLUSTER_RANGE" >/dev/null 2>&1 || true
 }
 
-# The KUBE-* chains kubelet (and kube-proxy, where --cleanup missed one) create, and CNI-*
-# chains of the portmap plugin, in every table, for IPv4 and IPv6.
+# The KUBE-* chains kubelet (and kube-proxy, where --cleanup missed one) create, in every
+# table, for IPv4 and IPv6.
 kube_chains_remove() {
     local tool table chain
     for tool in iptables ip6tables; do
@@ -444,15 +444,15 @@ kube_chains_remove() {
         for table in filter nat mangle raw; do
             "$tool-save" -t "$table" 2>/dev/null | grep -q . || continue
             # Jumps from built-in chains first, then the chains themselves.
-            "$tool-save" -t "$table" 2>/dev/null | awk '/^-A [A-Z]+ .*-j (KUBE-|CNI-)/' |
+            "$tool-save" -t "$table" 2>/dev/null | awk '/^-A [A-Z]+ .*-j KUBE-/' |
                 while read -r _ chain rest; do
                     # eval: the rule keeps iptables-save's quoting (comments with spaces).
                     eval "\"\$tool\" -w -t \"\$table\" -D \"\$chain\" $rest" 2>/dev/null || true
                 done
-            for chain in $("$tool-save" -t "$table" 2>/dev/null | awk '/^:(KUBE-|CNI-)/ {print substr($1, 2)}'); do
+            for chain in $("$tool-save" -t "$table" 2>/dev/null | awk '/^:KUBE-/ {print substr($1, 2)}'); do
                 "$tool" -w -t "$table" -F "$chain" 2>/dev/null || true
             done
-            for chain in $("$tool-save" -t "$table" 2>/dev/null | awk '/^:(KUBE-|CNI-)/ {print substr($1, 2)}'); do
+            for chain in $("$tool-save" -t "$table" 2>/dev/null | awk '/^:KUBE-/ {print substr($1, 2)}'); do
                 "$tool" -w -t "$table" -X "$chain" 2>/dev/null || true
             done
         done

@@ -59,9 +59,13 @@ def _processes() -> str:
     return "\n".join(sorted(found))
 
 
+# What the image builder (podman) owns; the cluster never touches it.
+BUILDER = ("/var/lib/containers/", "/run/containers/", "libpod_parent")
+
+
 def _mounts() -> str:
     points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    return "\n".join(sorted(points))
+    return "\n".join(sorted(p for p in points if not any(b in p for b in BUILDER)))
 
 
 def _cgroups() -> str:
@@ -69,7 +73,9 @@ def _cgroups() -> str:
     found = []
     for hierarchy in sorted(root.iterdir()):
         if hierarchy.is_dir():
-            found += [str(d) for d in sorted(hierarchy.iterdir()) if d.is_dir()]
+            found += [
+                str(d) for d in sorted(hierarchy.iterdir()) if d.is_dir() and d.name not in BUILDER
+            ]
     return "\n".join(found)
 
 
