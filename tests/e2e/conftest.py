@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.conftest import required
 from tests.e2e.host_state import HostState
+from tests.e2e.product import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SH = REPO / "hack" / "cluster.sh"
@@ -109,19 +109,7 @@ class Kube:
         ignore: tuple[type[BaseException], ...] = (),
     ) -> T:
         """Polls `probe` until it returns something truthy; returns that value."""
-        deadline = time.monotonic() + timeout
-        last_error: BaseException | None = None
-        while True:
-            try:
-                value = probe()
-                if value:
-                    return value
-            except ignore as exc:
-                last_error = exc
-            if time.monotonic() >= deadline:
-                detail = f" (last error: {last_error!r})" if last_error else ""
-                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
-            time.sleep(interval)
+        return wait_until(probe, timeout, what, interval, ignore)
 
     def restart_apiserver(self) -> None:
         if self.state is None:

@@ -33,21 +33,32 @@ UNRECOVERABLE = {"ErrImageNeverPull", "InvalidImageName", "CreateContainerConfig
 T = TypeVar("T")
 
 
-class StepError(RuntimeError):
+class StepError(AssertionError):
     """A step did not finish; the message says what was awaited and what was last seen."""
 
 
+# What a probe may raise while the thing it waits for is not there yet.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    subprocess.SubprocessError, OSError, ValueError, KeyError,
+)  # fmt: skip
+
+
 def wait_until(
-    probe: Callable[[], T | None], timeout: float, what: str, interval: float = 1.0
+    probe: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    interval: float = 1.0,
+    ignore: tuple[type[BaseException], ...] = TRANSIENT,
 ) -> T:
+    """Polls `probe` until it returns something truthy; returns that value."""
     deadline = time.monotonic() + timeout
-    last: Exception | None = None
+    last: BaseException | None = None
     while True:
         try:
             value = probe()
             if value:
                 return value
-        except (subprocess.SubprocessError, OSError, ValueError, KeyError) as exc:
+        except ignore as exc:
             last = exc
         if time.monotonic() >= deadline:
             raise StepError(
