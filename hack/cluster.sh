@@ -11,6 +11,7 @@
 #   env                print `export KUBECONFIG=...; export PATH=...` for eval
 #   restart-apiserver  stop and start kube-apiserver only (data stays in etcd)
 #   load-images        import the project's built images (make images) into the running node
+#   cleanup            remove what a killed run left on the host (nothing may be running)
 #   clean              down, then delete the state directory
 #
 # Environment: SHOPPING_GUIDE_CLUSTER_DIR (state, default <repo>/.cluster),
@@ -644,6 +645,15 @@ cmd_env() {
     printf 'export KUBECONFIG=%q; export PATH=%q:"$PATH"\n' "$KUBECONFIG_FILE" "$BIN_DIR"
 }
 
+cmd_cleanup() {
+    lock_state
+    any_running && die "the cluster is running: use down"
+    node_check_host
+    node_cleanup
+    host_cleanup
+    log "host cleaned of stale cluster state"
+}
+
 cmd_clean() {
     cmd_down
     exec 9>&-
@@ -659,6 +669,7 @@ case "${1:-}" in
     env) cmd_env ;;
     restart-apiserver) cmd_restart_apiserver ;;
     load-images) component_running containerd || die "the node is not running"; load_project_images ;;
+    cleanup) cmd_cleanup ;;
     clean) cmd_clean ;;
     *)
         sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0" >&2

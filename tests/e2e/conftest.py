@@ -155,6 +155,8 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     else:
         # Already up (make cluster-up): use it and leave it running.
         if cluster_sh("status").returncode != 0:
+            # What a killed run left goes first: the snapshot is of the host as it should be.
+            cluster_sh("cleanup")
             before = HostState.capture()
             result = cluster_sh("up")
             if result.returncode == MISSING_BINARIES:
