@@ -41,10 +41,10 @@ class Guides(Protocol):
 
 
 class KubeGuides:
-    def __init__(self, context: str | None = None) -> None:
+    def __init__(self, context: str | None = None, kubeconfig: str | None = None) -> None:
         from kubernetes import client, config
 
-        config.load_kube_config(context=context)  # type: ignore[no-untyped-call]
+        config.load_kube_config(config_file=kubeconfig, context=context)  # type: ignore[no-untyped-call]
         self.api = client.CustomObjectsApi()
 
     def get(self, namespace: str, name: str) -> dict[str, Any]:
@@ -58,12 +58,26 @@ class KubeGuides:
         )
 
 
+def _global_flags(parser: argparse.ArgumentParser, default: Any) -> None:
+    """kubectl's own flags, which kubectl passes on where the user wrote them: before or after
+    the command. On the subcommands they default to SUPPRESS, so an absent flag there leaves
+    the value given before the command alone."""
+    parser.add_argument("-n", "--namespace", default=default, help="default: the context's")
+    parser.add_argument("--context", default=default, help="kubeconfig context")
+    parser.add_argument(
+        "--kubeconfig", default=default, help="default: $KUBECONFIG or ~/.kube/config"
+    )
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="kubectl-shoppingguide", description="Inspect and steer ShoppingGuide rollouts."
+        prog="kubectl shoppingguide",
+        description="Inspect and steer ShoppingGuide rollouts.",
+        epilog="Exit codes: 0 done, 1 the API refused or the guide does not exist, 2 bad usage.",
     )
-    parser.add_argument("-n", "--namespace", default=None, help="default: the context's")
-    parser.add_argument("--context", default=None, help="kubeconfig context")
+    _global_flags(parser, None)
+    flags = argparse.ArgumentParser(add_help=False)
+    _global_flags(flags, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("status", "stable, canary, weight, step and the last analysis"),
@@ -73,9 +87,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ("retry", "run the last rolled-back canary again from the first step"),
         ("retrain", "start a training run now"),
     ):
-        command = commands.add_parser(name, help=text)
+        command = commands.add_parser(name, help=text, description=text, parents=[flags])
         command.add_argument("name")
-    rollback = commands.add_parser("rollback", help="make a previous stable version stable")
+    rollback = commands.add_parser(
+        "rollback",
+        help="make a previous stable version stable",
+        description="make a previous stable version stable",
+        parents=[flags],
+    )
     rollback.add_argument("name")
     rollback.add_argument("--to", required=True, metavar="VERSION")
     return parser.parse_args(argv)
@@ -155,12 +174,11 @@ def run(args: argparse.Namespace, guides: Guides, namespace: str, out: TextIO) -
     return 0
 
 
-def current_namespace(context: str | None) -> str:
+def current_namespace(context: str | None, kubeconfig: str | None = None) -> str:
     from kubernetes import config
 
-    _, active = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+    contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
     if context is not None:
-        contexts, _ = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
         active = next((c for c in contexts if c["name"] == context), active)
     return str((active or {}).get("context", {}).get("namespace") or "default")
 
@@ -168,10 +186,10 @@ def current_namespace(context: str | None) -> str:
 def main(argv: Sequence[str] | None = None, guides: Guides | None = None) -> int:
     args = parse_args(argv)
     namespace = args.namespace or (
-        "default" if guides is not None else current_namespace(args.context)
+        "default" if guides is not None else current_namespace(args.context, args.kubeconfig)
     )
     try:
-        api = guides if guides is not None else KubeGuides(args.context)
+        api = guides if guides is not None else KubeGuides(args.context, args.kubeconfig)
         return run(args, api, namespace, sys.stdout)
     except Exception as exc:  # the API's errors, shown as kubectl shows them
         status = getattr(exc, "status", None)

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -280,3 +282,29 @@ def test_load_through_the_service_scales_the_guide_up_and_back_down(product: Pro
     wait_until(lambda: replicas() == start_replicas, 300, "the HPA to scale back down", interval=3)
     assert counts["ok"] > 100
     assert counts["failed"] == 0, counts
+
+
+def test_the_kubectl_plugin_as_kubectl_runs_it(product: Product) -> None:
+    """kubectl finds kubectl-shoppingguide on PATH and passes the rest of the line verbatim,
+    its own global flags included, wherever the user wrote them."""
+    plugin = Path(sys.executable).with_name("kubectl-shoppingguide")
+    env = {**product.cluster.env, "PATH": f"{plugin.parent}:{product.cluster.env.get('PATH', '')}"}
+    kubeconfig = str(product.cluster.kubeconfig)
+
+    def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(product.cluster.bin_dir / "kubectl"), "shoppingguide", *args],
+            capture_output=True, text=True, env=env, check=False, timeout=60,
+        )  # fmt: skip
+
+    stable = product.status(GUIDE)["stable"]["version"]
+    status = kubectl("status", GUIDE, "-n", product.namespace, "--kubeconfig", kubeconfig)
+    assert status.returncode == 0, status.stderr
+    assert stable in status.stdout
+    history = kubectl("-n", product.namespace, "history", GUIDE, f"--kubeconfig={kubeconfig}")
+    assert history.returncode == 0 and "VERSION" in history.stdout, history.stderr
+    missing = kubectl(
+        "status", "no-such-guide", "-n", product.namespace, "--kubeconfig", kubeconfig
+    )
+    assert missing.returncode == 1 and "not found" in missing.stderr
+    assert kubectl("rollback", GUIDE, "--kubeconfig", kubeconfig).returncode == 2

@@ -102,3 +102,29 @@ def test_a_missing_guide_is_an_error(capsys: pytest.CaptureFixture[str]) -> None
 def test_rollback_needs_a_version() -> None:
     with pytest.raises(SystemExit):
         plugin.main(["rollback", "storefront"], FakeGuides(GUIDE))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-n", "shop", "status", "storefront"],
+        ["status", "storefront", "-n", "shop"],
+        ["status", "-n", "shop", "storefront"],
+        ["--namespace=shop", "status", "storefront", "--context", "prod"],
+    ],
+)
+def test_kubectls_global_flags_work_anywhere_on_the_line(argv: list[str]) -> None:
+    args = plugin.parse_args(argv)
+    assert (args.command, args.name, args.namespace) == ("status", "storefront", "shop")
+
+
+def test_a_flag_before_the_command_is_not_reset_by_the_subcommand() -> None:
+    args = plugin.parse_args(["--kubeconfig", "/k", "--context", "c", "history", "storefront"])
+    assert (args.kubeconfig, args.context, args.namespace) == ("/k", "c", None)
+
+
+def test_bad_usage_exits_2_with_the_commands_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        plugin.parse_args(["rollback", "storefront"])
+    assert exited.value.code == 2
+    assert "--to" in capsys.readouterr().err
