@@ -245,7 +245,9 @@ def shopper_pod(product: Product) -> None:
 
 
 def shopper_counts(product: Product) -> dict[str, int]:
-    logs = product.cluster.kubectl("logs", "shoppers", "-n", product.namespace, "--tail=1")
+    """The shoppers' last report; empty until the pod has written one."""
+    done = product.cluster.run_kubectl("logs", "shoppers", "-n", product.namespace, "--tail=1")
+    logs = done.stdout if done.returncode == 0 else ""
     line = logs.strip().splitlines()[-1] if logs.strip() else "{}"
     counts = json.loads(line)
     counts.pop("time", None)
