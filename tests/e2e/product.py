@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import time
 import tomllib
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ NODE = "real-0"
 # The images' user: volumes it writes must belong to it (hostPath has no fsGroup).
 IMAGE_UID = 10001
 SERVING_SELECTOR = "app.kubernetes.io/component=serving"
+HOST_IP = "198.19.0.1"  # hack/node.sh: the host's cluster address, reachable from pods
+SHOPPERS = Path(__file__).with_name("shopper_pod.py")
 UNRECOVERABLE = {"ErrImageNeverPull", "InvalidImageName", "CreateContainerConfigError"}
 
 T = TypeVar("T")
@@ -312,6 +315,96 @@ class Product:
             )  # fmt: skip
         return "\n".join(parts)
 
+    # --- shoppers, Prometheus, rollouts ----------------------------------------------------
+
+    def start_shoppers(
+        self,
+        *args: str,
+        name: str = "shoppers",
+        guide: str = "storefront",
+        files: tuple[Path, ...] = (),
+    ) -> None:
+        """The shopper simulator (tests/e2e/shopper_pod.py) as a pod of the recommender image,
+        sending requests and clicks to the guide's Service by its DNS name."""
+        sources = [f"--from-file={path}" for path in (SHOPPERS, *files)]
+        self.cluster.kubectl("create", "configmap", name, "-n", self.namespace, *sources)
+        self.cluster.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": self.namespace},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "shoppers",
+                            "image": RECOMMENDER_IMAGE,
+                            "imagePullPolicy": "Never",
+                            "command": [
+                                "python",
+                                f"/sim/{SHOPPERS.name}",
+                                self.dns_url(guide),
+                                *args,
+                            ],
+                            "volumeMounts": [{"name": "sim", "mountPath": "/sim"}],
+                            "securityContext": {
+                                "readOnlyRootFilesystem": True,
+                                "allowPrivilegeEscalation": False,
+                            },
+                        }
+                    ],
+                    "volumes": [{"name": "sim", "configMap": {"name": name}}],
+                },
+            }
+        )
+
+    def stop_shoppers(self, name: str = "shoppers") -> None:
+        self.cluster.kubectl(
+            "delete", "pod,configmap", name, "-n", self.namespace, "--wait=false", check=False
+        )
+
+    def shopper_counts(self, name: str = "shoppers") -> dict[str, int]:
+        """The shoppers' last report; empty until the pod has written one."""
+        done = self.cluster.run_kubectl("logs", name, "-n", self.namespace, "--tail=1")
+        logs = done.stdout if done.returncode == 0 else ""
+        line = logs.strip().splitlines()[-1] if logs.strip() else "{}"
+        counts = json.loads(line)
+        counts.pop("time", None)
+        return {k: int(v) for k, v in counts.items()}
+
+    def outcome(
+        self, version: str, guide: str = "storefront", timeout: float = 240
+    ) -> dict[str, Any]:
+        """The history entry that ends the canary of `version`."""
+
+        def ended() -> dict[str, Any] | None:
+            for entry in self.status(guide).get("history") or []:
+                if entry["version"] == version and entry["outcome"] in ("Promoted", "RolledBack"):
+                    return dict(entry)
+            return None
+
+        return wait_until(ended, timeout, f"the canary of {version} to end", interval=2)
+
+    def canary_version(
+        self, known: set[str], guide: str = "storefront", timeout: float = 300
+    ) -> str:
+        def started() -> str | None:
+            version = (self.status(guide).get("canary") or {}).get("version")
+            return version if version and version not in known else None
+
+        return wait_until(started, timeout, "a new canary", interval=2)
+
+    def retrain(self, key: str, path: str | None = None, guide: str = "storefront") -> None:
+        """Retrain on demand (the annotation), optionally on another events file."""
+        if path is not None:
+            patch = {"spec": {"data": {"interactions": {"path": path}}}}
+            self.cluster.kubectl(
+                "patch", "sg", guide, "-n", self.namespace, "--type=merge", "-p", json.dumps(patch)
+            )
+        self.cluster.kubectl(
+            "annotate", "sg", guide, "-n", self.namespace, "--overwrite",
+            f"shoppingguide.io/retrain={key}",
+        )  # fmt: skip
+
     # --- a pod of our image inside the cluster ---------------------------------------------
 
     def run_in_pod(self, pod: str, script: str, timeout: float = 120) -> str:
@@ -355,3 +448,86 @@ class Product:
 
 def namespace_manifest(name: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+
+
+@dataclass
+class Prometheus:
+    """Prometheus on the host, discovering the guide's serving pods by the API."""
+
+    root: Path
+    kubeconfig: Path
+    namespace: str
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"http://{HOST_IP}:{self.port}"
+
+    def start(self, binary: str) -> None:
+        config = self.root / "prometheus.yml"
+        config.write_text(
+            json.dumps(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "scrape_configs": [
+                        {
+                            "job_name": "shopping-guide",
+                            "kubernetes_sd_configs": [
+                                {
+                                    "role": "pod",
+                                    "kubeconfig_file": str(self.kubeconfig),
+                                    "namespaces": {"names": [self.namespace]},
+                                    "selectors": [
+                                        {
+                                            "role": "pod",
+                                            "label": "app.kubernetes.io/component=serving",
+                                        }
+                                    ],
+                                }
+                            ],
+                            "relabel_configs": [
+                                {
+                                    "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+                                    "regex": "http",
+                                    "action": "keep",
+                                },
+                                {
+                                    "source_labels": ["__meta_kubernetes_namespace"],
+                                    "target_label": "namespace",
+                                },
+                                {
+                                    "source_labels": ["__meta_kubernetes_pod_name"],
+                                    "target_label": "pod",
+                                },
+                            ],
+                        }
+                    ],
+                }
+            )
+        )
+        with (self.root / "prometheus.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [binary, f"--config.file={config}", f"--storage.tsdb.path={self.root / 'tsdb'}",
+                 f"--web.listen-address={HOST_IP}:{self.port}"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        wait_until(lambda: http_status(self.address + "/-/ready") == 200, 60, "Prometheus ready")
+
+    def targets(self) -> list[dict[str, Any]]:
+        with urllib.request.urlopen(self.address + "/api/v1/targets", timeout=5) as response:
+            return list(json.loads(response.read())["data"]["activeTargets"])
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(30)
+            self.process = None
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except OSError:
+        return 0
