@@ -43,7 +43,7 @@ bench: ## benchmarks; prints JSON
 	$(BIN)/python -m benchmarks.all
 
 demo: deps install cluster-binaries images ## local cluster + operator + a shopping guide trained on Online Retail
-	$(BIN)/python hack/demo.py
+	$(BIN)/python hack/demo.py $(DEMO_ARGS)
 
 demo-down: ## remove the demo's guide and operator and stop the local cluster
 	$(BIN)/python hack/demo.py --down

@@ -508,6 +508,8 @@ cmd_up() {
     lock_state
     if all_running && [[ -f "$PORTS_FILE" ]] && load_ports && apiserver_ready >/dev/null 2>&1; then
         log "already running; kubeconfig: $KUBECONFIG_FILE"
+        # Rebuilt images still reach the node (a no-op for archives it has imported).
+        load_project_images
         return 0
     fi
     local strays
@@ -571,7 +573,7 @@ addons_up() {
     while read -r archive; do
         [[ -n "$archive" ]] && node_load_image "$archive"
     done < <("$HACK_DIR/addons.sh" images)
-    "$HACK_DIR/addons.sh" apply "$KUBECONFIG_FILE" "$BIN_DIR/kubectl"
+    "$HACK_DIR/addons.sh" apply "$KUBECONFIG_FILE" "$BIN_DIR/kubectl" >/dev/null
 }
 
 # The project's images (make images), when built: everything of ours runs from them.

@@ -359,8 +359,9 @@ class Product:
 
     def stop_shoppers(self, name: str = "shoppers") -> None:
         self.cluster.kubectl(
-            "delete", "pod,configmap", name, "-n", self.namespace, "--wait=false", check=False
-        )
+            "delete", "pod,configmap", name, "-n", self.namespace, "--grace-period=1",
+            "--ignore-not-found", check=False,
+        )  # fmt: skip
 
     def shopper_counts(self, name: str = "shoppers") -> dict[str, int]:
         """The shoppers' last report; empty until the pod has written one."""
@@ -464,6 +465,10 @@ class Prometheus:
     def address(self) -> str:
         return f"http://{HOST_IP}:{self.port}"
 
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
     def start(self, binary: str) -> None:
         config = self.root / "prometheus.yml"
         config.write_text(
@@ -510,7 +515,7 @@ class Prometheus:
             self.process = subprocess.Popen(
                 [binary, f"--config.file={config}", f"--storage.tsdb.path={self.root / 'tsdb'}",
                  f"--web.listen-address={HOST_IP}:{self.port}"],
-                stdout=log, stderr=subprocess.STDOUT,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         wait_until(lambda: http_status(self.address + "/-/ready") == 200, 60, "Prometheus ready")
 
@@ -531,3 +536,87 @@ def http_status(url: str) -> int:
             return int(response.status)
     except OSError:
         return 0
+
+
+NON_PRODUCTS = {
+    "POST",
+    "D",
+    "M",
+    "DOT",
+    "C2",
+    "CRUK",
+    "BANK CHARGES",
+    "PADS",
+    "AMAZONFEE",
+    "S",
+    "B",
+    "m",
+}
+
+
+def write_story_data(
+    folder: Path, cutoff: str = "2011-11-01", shoppers: int = 1000
+) -> dict[str, Path]:
+    """The Online Retail sample cut at `cutoff`: the events before it (what a guide trains on),
+    the same events with every line's product replaced by a random one (a broken export: a
+    model trained on it recommends at random), and, for the shopper simulator, what each of
+    `shoppers` customers bought from `cutoff` on: a shopper clicks what they would buy."""
+    import csv
+    import io
+    import lzma
+    import random
+
+    before = folder / f"online_retail_before_{cutoff}.csv"
+    broken = folder / f"online_retail_before_{cutoff}_shuffled.csv"
+    tastes_file = folder / "tastes.json"
+    if before.exists() and broken.exists() and tastes_file.exists():
+        return {"before": before, "shuffled": broken, "tastes": tastes_file}
+    with lzma.open(SAMPLE_DATA, "rt", encoding="utf-8", newline="") as source:
+        reader = csv.reader(source)
+        header = next(reader)
+        rows = list(reader)
+    col = {name: i for i, name in enumerate(header)}
+    early = [r for r in rows if r[col["InvoiceDate"]] < cutoff]
+    later: dict[str, set[str]] = {}
+    known = {r[col["CustomerID"]] for r in early}
+    for r in rows:
+        customer, item = r[col["CustomerID"]], r[col["StockCode"]]
+        bought = int(r[col["Quantity"]]) > 0 and not r[col["InvoiceNo"]].startswith("C")
+        product = item not in NON_PRODUCTS
+        if (
+            r[col["InvoiceDate"]] >= cutoff
+            and customer in known
+            and customer
+            and bought
+            and product
+        ):
+            later.setdefault(customer, set()).add(item)
+    # Shoppers, not wholesalers: an account that buys hundreds of products would click almost
+    # anything, and clicks would no longer tell a good model from a random one.
+    typical = sorted(c for c in later if 5 <= len(later[c]) <= 40)[:shoppers]
+    tastes_file.write_text(json.dumps({c: sorted(later[c]) for c in typical}))
+
+    def write(path: Path, data: list[list[str]]) -> None:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(data)
+        path.write_text(out.getvalue(), encoding="utf-8")
+
+    write(before, early)
+    # Every line gets a product drawn uniformly from the catalogue: shuffling lines would keep
+    # each product's popularity, and popularity alone earns clicks.
+    product_columns = [col["StockCode"], col["Description"], col["UnitPrice"]]
+    catalogue = sorted({tuple(r[i] for i in product_columns) for r in early})
+    rng = random.Random(7)
+    products = [rng.choice(catalogue) for _ in early]
+    shuffled = []
+    for row, p in zip(early, products, strict=True):
+        changed = list(row)
+        for i, value in zip(product_columns, p, strict=True):
+            changed[i] = value
+        shuffled.append(changed)
+    write(broken, shuffled)
+    for path in (before, broken, tastes_file):
+        path.chmod(0o644)
+    return {"before": before, "shuffled": broken, "tastes": tastes_file}

@@ -6,7 +6,12 @@ the server attributes to the model version that served the list. A model trained
 events recommends other groups' items and loses its clicks. Every few seconds one JSON line on
 stdout counts responses by model version, clicks and failures.
 
-    python shopper_pod.py URL --groups abcd --users 150 [--rate 40]
+    python shopper_pod.py URL --groups abcd --users 150
+    python shopper_pod.py URL --tastes tastes.json --k 5
+
+With --tastes, the file maps each shopper to the items they will buy (for Online Retail: what a
+customer bought after the training data ends); a shopper clicks the first recommended item that
+is among them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from pathlib import Path
 
 
 def main() -> int:
@@ -29,7 +35,15 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=150)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--report-every", type=float, default=2.0)
+    parser.add_argument("--tastes", default=None, help="JSON: user id -> items they would click")
+    parser.add_argument("--k", type=int, default=1, help="items per recommendation")
+    parser.add_argument("--pause", type=float, default=0.01, help="seconds between requests")
     args = parser.parse_args()
+    tastes: dict[str, set[str]] = {}
+    if args.tastes:
+        loaded = json.loads(Path(args.tastes).read_text(encoding="utf-8"))
+        tastes = {user: set(items) for user, items in loaded.items()}
+    users = sorted(tastes)
 
     counts: Counter[str] = Counter()
     lock = threading.Lock()
@@ -37,11 +51,16 @@ def main() -> int:
     def shop(seed: int) -> None:
         rng = random.Random(seed)
         while True:
-            group = rng.choice(args.groups)
-            user = f"{group}-user-{rng.randrange(args.users)}"
+            if tastes:
+                user = rng.choice(users)
+                liked = tastes[user]
+            else:
+                group = rng.choice(args.groups)
+                user = f"{group}-user-{rng.randrange(args.users)}"
+                liked = None
             try:
                 with urllib.request.urlopen(
-                    f"{args.url}/v1/recommendations?user_id={user}&k=1", timeout=10
+                    f"{args.url}/v1/recommendations?user_id={user}&k={args.k}", timeout=10
                 ) as response:
                     body = json.loads(response.read())
             except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -53,11 +72,16 @@ def main() -> int:
             items = body.get("items") or []
             with lock:
                 counts[f"served:{version}"] += 1
-            if items and items[0]["item_id"].startswith(group):
+            ids = [item["item_id"] for item in items]
+            if liked is None:
+                clicked = ids[0] if ids and ids[0].startswith(group) else None
+            else:
+                clicked = next((i for i in ids if i in liked), None)
+            if clicked is not None:
                 feedback = {
                     "recommendation_id": body["recommendation_id"],
                     "user_id": user,
-                    "item_id": items[0]["item_id"],
+                    "item_id": clicked,
                     "event": "click",
                 }
                 request = urllib.request.Request(
@@ -74,7 +98,7 @@ def main() -> int:
                 except (urllib.error.URLError, OSError) as exc:
                     with lock:
                         counts[f"failed:{type(exc).__name__}"] += 1
-            time.sleep(0.01)
+            time.sleep(args.pause)
 
     for n in range(args.workers):
         threading.Thread(target=shop, args=(n,), daemon=True).start()
