@@ -22,6 +22,7 @@ KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VE
 BIN_DIR="$CACHE_ROOT/$KEY/bin"
 WORK_DIR="$CACHE_ROOT/$KEY/work"
 TIMES_FILE="$CACHE_ROOT/$KEY/build-times.txt"
+LOG_DIR="$CACHE_ROOT/$KEY/logs"
 
 if [[ "${1:-}" == "--bin-dir" ]]; then
     echo "$BIN_DIR"
@@ -50,12 +51,32 @@ has_module_version() {
 
 # Records "<name> <seconds>" for the summary and the times file.
 declare -a TIMINGS=()
+# Runs one build with its output in a log of its own, a line of progress every 30 s (plain
+# lines: they read the same in a terminal and in a CI log), and on failure the end of that log
+# and the command to retry.
 timed() {
     local name=$1; shift
-    local start end
+    local start end pid next=30 build_log="$LOG_DIR/$name.log"
+    mkdir -p "$LOG_DIR"
+    log "  $name: log $build_log"
     start=$(date +%s)
-    "$@"
+    ("$@") >"$build_log" 2>&1 &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 1
+        if (($(date +%s) - start >= next)); then
+            log "  $name: $((next))s ..."
+            next=$((next + 30))
+        fi
+    done
+    if ! wait "$pid"; then
+        tail -n 25 "$build_log" >&2
+        log "building $name failed after $(($(date +%s) - start))s; full log: $build_log"
+        log "retry with: make cluster-binaries"
+        exit 1
+    fi
     end=$(date +%s)
+    log "  $name: built in $((end - start))s"
     TIMINGS+=("$name $((end - start))s")
     echo "$(date -u +%FT%TZ) $name $((end - start))s" >>"$TIMES_FILE"
 }
