@@ -33,6 +33,7 @@ from tests.e2e.product import (
 )
 
 CUSTOMER = "14911"  # a customer of the sample with many purchases
+MIN_REPLICAS = 2
 GUIDE = "storefront"
 
 
@@ -73,7 +74,7 @@ def product(kube: Kube) -> Iterator[Product]:
             GUIDE,
             serving={
                 "autoscaling": {
-                    "minReplicas": 2,
+                    "minReplicas": MIN_REPLICAS,
                     "maxReplicas": 4,
                     "targetCPUUtilizationPercentage": 50,
                 },
@@ -123,8 +124,8 @@ def test_the_operator_runs_from_its_image_under_the_charts_service_account(
 
 
 def test_the_sample_guide_trained_in_a_job_of_the_recommender_image(product: Product) -> None:
+    # No phase check: the HPA may be adding pods (Progressing) while the model serves.
     status = product.status(GUIDE)
-    assert status["phase"] == "Ready"
     assert status["stable"]["metrics"]["ndcg@10"] > 0.1, status["stable"]
     jobs = product.cluster.items("jobs", product.namespace)
     assert jobs, "no training Job"
@@ -258,7 +259,10 @@ def test_load_through_the_service_scales_the_guide_up_and_back_down(product: Pro
         hpa = product.cluster.get("hpa", GUIDE, product.namespace) or {}
         return int(hpa.get("status", {}).get("currentReplicas") or 0)
 
-    start_replicas = replicas()
+    # Loading models at start-up costs CPU: the HPA may have scaled up already. Start from
+    # its minimum, once it has settled there.
+    start_replicas = MIN_REPLICAS
+    wait_until(lambda: replicas() == MIN_REPLICAS, 300, "the HPA at its minimum", interval=3)
     threads = [threading.Thread(target=shopper, daemon=True) for _ in range(8)]
     started = time.monotonic()
     for t in threads:
