@@ -650,6 +650,7 @@ cmd_env() {
 cmd_cleanup() {
     lock_state
     any_running && die "the cluster is running: use down"
+    [[ -z "$(stray_pids)" ]] || die "processes of this state directory run unrecorded: $(stray_pids | tr '\n' ' ')"
     node_check_host
     node_cleanup
     host_cleanup

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    from tests.e2e.conftest import Kube
+
 REPO = Path(__file__).resolve().parents[1]
 ONLINE_RETAIL = REPO / "data" / "online-retail" / "online_retail.csv.xz"
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
+    """A reachable cluster (tests/e2e/conftest.py): $KUBECONFIG's, or the local one, started
+    once for the whole session and stopped at its end."""
+    from tests.e2e.conftest import kube_session
+
+    yield from kube_session(tmp_path_factory)
 
 
 def required(reason: str) -> None:

@@ -144,8 +144,9 @@ def _answers(kubeconfig: Path) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
+def kube_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
+    """The session's cluster: registered once, as the fixture `kube`, in tests/conftest.py, so
+    that every tier that needs it (e2e, images) shares one instance."""
     state = state_dir()
     started = False
     before: HostState | None = None

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Kube
-from tests.e2e.conftest import kube as kube  # the e2e suite's cluster fixture  # noqa: PLC0414
 from tests.images.conftest import (
     REPO,
     Mount,
