@@ -633,7 +633,7 @@ cmd_status() {
         rc=1
     fi
     if [[ -n "${APISERVER_PORT:-}" ]] && apiserver_ready >/dev/null 2>&1; then
-        echo "readyz:  ok (https://127.0.0.1:$APISERVER_PORT)"
+        echo "readyz:  ok (https://$HOST_IP:$APISERVER_PORT)"
         kubectl_ get nodes 2>/dev/null || true
     else
         echo "readyz:  not ready"
