@@ -36,13 +36,9 @@ def required(reason: str) -> None:
 def prometheus_binary() -> str:
     """The Prometheus that hack/build-cluster-binaries.sh builds (with Kubernetes service
     discovery, which Debian's package lacks)."""
-    import subprocess
+    from tests.e2e.conftest import bin_dir
 
-    bin_dir = subprocess.run(
-        [str(REPO / "hack" / "build-cluster-binaries.sh"), "--bin-dir"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    binary = Path(bin_dir) / "prometheus"
+    binary = bin_dir() / "prometheus"
     if not binary.exists():
         required(f"no {binary}: make cluster-binaries builds it")
     return str(binary)
