@@ -36,6 +36,7 @@ TRAINING_FAILED = "TrainingFailed"
 MODEL_REJECTED = "ModelRejected"
 INVALID_SPEC = "InvalidSpec"
 APPLY_FAILED = "ApplyFailed"
+RECONCILE_ERROR = "ReconcileError"
 
 # Phases, most urgent first: the first whose test holds is the phase.
 PHASE_DEGRADED = "Degraded"

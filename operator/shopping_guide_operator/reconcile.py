@@ -11,9 +11,13 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from shopping_guide_contracts.routing import CONFIGMAP_KEY, RoutingError
+from shopping_guide_contracts.routing import parse as parse_routing
+
+from . import conditions as c
 from . import rollout, runs
 from .builders.common import cronjob_name, routing_configmap_name
 from .builders.deployment import build_deployment
@@ -45,6 +49,9 @@ from .status import (
 
 log = logging.getLogger(__name__)
 
+# Set by the Job controller on every pod of a Job (Kubernetes 1.27+).
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
+
 RESYNC_SECONDS = 60.0
 BUSY_SECONDS = 15.0
 ERROR_SECONDS = 10.0
@@ -55,12 +62,12 @@ class PassResult:
     body: JSON
     events: list[Event] = field(default_factory=list)
     requeue_after: float = RESYNC_SECONDS
-    status_written: bool = False
 
 
 def job_view(job: JSON) -> runs.JobView:
     meta, status = job.get("metadata", {}), job.get("status") or {}
     trigger = (meta.get("labels") or {}).get(LABEL_TRIGGER, "")
+    uid = str(meta.get("uid", ""))
     started = parse_rfc3339(status.get("startTime"))
     for condition in status.get("conditions") or []:
         if condition.get("status") != "True":
@@ -69,12 +76,12 @@ def job_view(job: JSON) -> runs.JobView:
             finished = parse_rfc3339(
                 status.get("completionTime") or condition.get("lastTransitionTime")
             )
-            return runs.JobView(meta["name"], trigger, "Succeeded", started, finished)
+            return runs.JobView(meta["name"], trigger, "Succeeded", started, finished, uid=uid)
         if condition.get("type") == "Failed":
             reason = condition.get("message") or condition.get("reason") or ""
             finished = parse_rfc3339(condition.get("lastTransitionTime"))
-            return runs.JobView(meta["name"], trigger, "Failed", started, finished, reason)
-    return runs.JobView(meta["name"], trigger, "Active", started)
+            return runs.JobView(meta["name"], trigger, "Failed", started, finished, reason, uid)
+    return runs.JobView(meta["name"], trigger, "Active", started, uid=uid)
 
 
 def training_jobs(cluster: Cluster, guide: Guide) -> list[runs.JobView]:
@@ -93,9 +100,16 @@ def training_jobs(cluster: Cluster, guide: Guide) -> list[runs.JobView]:
     return mine
 
 
-def termination_message(cluster: Cluster, namespace: str, job: str) -> str | None:
-    """The trainer's result: the termination message of the Job's last terminated pod."""
-    pods = cluster.list("Pod", namespace, {"batch.kubernetes.io/job-name": job})
+def termination_message(cluster: Cluster, namespace: str, job: runs.JobView) -> str | None:
+    """The trainer's result: the termination message of the Job's last terminated pod.
+
+    Pods are chosen by the Job's uid as well as its name: a Job deleted and re-created under
+    the same name (by anyone) must not lend its result to ours.
+    """
+    selector = {"batch.kubernetes.io/job-name": job.name}
+    if job.uid:
+        selector[JOB_UID_LABEL] = job.uid
+    pods = cluster.list("Pod", namespace, selector)
     pods.sort(key=lambda p: p.get("metadata", {}).get("creationTimestamp", ""), reverse=True)
     for pod in pods:
         for status in (pod.get("status") or {}).get("containerStatuses") or []:
@@ -126,8 +140,81 @@ def _fail_spec(cluster: Cluster, body: JSON, error: str, now: float) -> PassResu
     old = body.get("status") or {}
     generation = int(body["metadata"].get("generation", 0))
     new, events = finish(copy.deepcopy(old), Observed(generation, spec_error=error), now)
-    written = _write_status(cluster, body, old, new)
-    return PassResult(body, events, RESYNC_SECONDS, written)
+    _write_status(cluster, body, old, new)
+    return PassResult(body, events, RESYNC_SECONDS)
+
+
+# Kubernetes caps a condition message at 32 KiB; a traceback-sized text helps nobody there.
+FAILURE_MESSAGE_LIMIT = 1000
+
+
+def report_failure(
+    cluster: Cluster, namespace: str, name: str, error: str, now: float
+) -> PassResult | None:
+    """A pass that raised: say so where users look, `Degraded=True` (ReconcileError) and an
+    Event on the transition. Best effort: the caller ignores a failure of this write too.
+    Only the Degraded condition changes; what the failed pass did not observe stays as it was.
+    """
+    body = cluster.get("ShoppingGuide", namespace, name)
+    if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+        return None
+    old: JSON = body.get("status") or {}
+    previous = list(old.get("conditions") or [])
+    kept = [
+        c.Condition(x["type"], x.get("status") == "True", x.get("reason", ""), x.get("message", ""))
+        for x in previous
+        if x.get("type") in c.CONDITION_TYPES and x.get("type") != c.DEGRADED
+    ]
+    message = f"reconcile failed: {error}"[:FAILURE_MESSAGE_LIMIT]
+    degraded = c.Condition(c.DEGRADED, True, c.RECONCILE_ERROR, message)
+    generation = int(body["metadata"].get("generation", 0))
+    new = dict(old)
+    new["conditions"] = c.set_conditions(previous, [*kept, degraded], now, generation)
+    new["phase"] = c.phase(new["conditions"])
+    new["message"] = message
+    _write_status(cluster, body, old, new)
+    return PassResult(body, c.transitions(previous, new["conditions"]), ERROR_SECONDS)
+
+
+def _create_job(cluster: Cluster, job: JSON, guide: Guide) -> str | None:
+    """Create a training Job; the error for status, or None when the Job is (now) ours."""
+    name = job["metadata"]["name"]
+    try:
+        cluster.create(job)
+    except ApiError as exc:
+        if exc.status != 409:
+            return f"training Job {name}: {exc.message}"
+        # 409: an earlier pass created it and wrote no status, or someone else owns the name.
+        live = cluster.get("Job", guide.namespace, name)
+        if live is not None and not owned_by(live, guide.uid):
+            return (
+                f"training Job {name} already exists and is not owned by this ShoppingGuide; "
+                "delete it to let training run"
+            )
+    return None
+
+
+def recover_stable(cluster: Cluster, guide: Guide, status: dict[str, Any]) -> list[Event]:
+    """A status without a stable model (restored from a backup, reset by hand) takes it back
+    from the routing ConfigMap the pods serve from, generation included, so that the next
+    routing never drops the model every pod is serving (they would all answer 503)."""
+    if status.get("stable") or (status.get("routing") or {}).get("stable"):
+        return []
+    live = cluster.get("ConfigMap", guide.namespace, routing_configmap_name(guide))
+    if live is None or not owned_by(live, guide.uid):
+        return []
+    try:
+        routing = parse_routing(str((live.get("data") or {}).get(CONFIGMAP_KEY, "")))
+    except RoutingError:
+        return []
+    if routing.stable is None:
+        return []
+    status["stable"] = {"version": routing.stable, "recoveredFrom": "routing ConfigMap"}
+    # The canary, if any, is not resumed: its analysis state went with the status.
+    kept = replace(routing, canary=None, canary_weight_basis_points=0)
+    status["routing"] = routing_status(kept, routing_configmap_name(guide))
+    recovered = f"status had no stable model; {routing.stable} recovered from the routing"
+    return [("Warning", "StableRecovered", recovered)]
 
 
 def reconcile(
@@ -149,34 +236,36 @@ def reconcile(
 
     old: JSON = body.get("status") or {}
     status: dict[str, Any] = copy.deepcopy(old)
+    events: list[Event] = recover_stable(cluster, guide, status)
     stable: str | None = (status.get("stable") or {}).get("version")
-    events: list[Event] = []
     errors: list[str] = []
 
     reader: Callable[[runs.JobView], str | None] = lambda job: termination_message(  # noqa: E731
-        cluster, namespace, job.name
+        cluster, namespace, job
     )
-    step = runs.advance(
-        status.get("training") or {}, guide, stable, training_jobs(cluster, guide), now, reader
-    )
+    jobs = training_jobs(cluster, guide)
+    step = runs.advance(status.get("training") or {}, guide, stable, jobs, now, reader)
     status["training"] = step.training
     if step.create is not None:
         job = build_job(
             guide, step.create.run_key, step.create.attempt, step.create.trigger, stable
         )
-        try:
-            cluster.create(job)
+        error = _create_job(cluster, job, guide)
+        if error is None:
             started = f"started {job['metadata']['name']} ({step.create.trigger})"
             events.append(("Normal", "TrainingStarted", started))
-        except ApiError as exc:
-            if exc.status != 409:  # 409: created by an earlier pass that wrote no status
-                errors.append(f"training Job: {exc.message}")
+        else:
+            errors.append(error)
+    scheduled = {j.name for j in jobs if j.trigger == TRIGGER_SCHEDULE}
     for superseded in step.delete:
+        why = (
+            "an on-demand run trains the same store now"
+            if superseded in scheduled
+            else "the model spec changed"
+        )
         try:
             cluster.delete("Job", namespace, superseded)
-            events.append(
-                ("Normal", "TrainingSuperseded", f"stopped {superseded}: the model spec changed")
-            )
+            events.append(("Normal", "TrainingSuperseded", f"stopped {superseded}: {why}"))
         except ApiError as exc:
             errors.append(f"Job {superseded}: {exc.message}")
     if step.finished is not None:
@@ -195,7 +284,15 @@ def reconcile(
 
     wanted: list[JSON] = [build_routing_configmap(guide, routing), build_service(guide)]
     absent: list[tuple[str, str]] = []
-    optional = [("CronJob", cronjob_name(guide), build_cronjob(guide, stable))]
+    cronjob = build_cronjob(guide, stable)
+    suspend = False
+    if cronjob is not None and (step.create is not None or _on_demand_active(step, jobs)):
+        # One training at a time: no scheduled run while an on-demand one trains.
+        suspend = True
+    if cronjob is not None:
+        # Always set, so that lifting the suspension is an apply like any other.
+        cronjob["spec"]["suspend"] = suspend
+    optional = [("CronJob", cronjob_name(guide), cronjob)]
     if served is not None:
         # Serving starts once a model passed the gate: before that a pod has nothing to load.
         wanted.append(build_deployment(guide))
@@ -234,9 +331,17 @@ def reconcile(
         next_attempt_at=waiting,
     )
     new, condition_events = finish(status, seen, now)
-    written = _write_status(cluster, body, old, new)
+    _write_status(cluster, body, old, new)
     requeue = _requeue(step, seen, now, resync, progressed.requeue_after)
-    return PassResult(body, events + condition_events, requeue, written)
+    return PassResult(body, events + condition_events, requeue)
+
+
+def _on_demand_active(step: runs.Step, jobs: list[runs.JobView]) -> bool:
+    superseded = set(step.delete)
+    return any(
+        j.trigger != TRIGGER_SCHEDULE and j.state == "Active" and j.name not in superseded
+        for j in jobs
+    )
 
 
 def _admit(
@@ -244,7 +349,11 @@ def _admit(
 ) -> list[Event]:
     """A judged run into status; a gated model becomes stable, a canary, or waits (pinned)."""
     admission = "stable"
-    if finished.outcome == "Promoted":
+    if finished.version is not None and finished.version == stable and finished.outcome != "Failed":
+        # The run of the model that already serves, judged again because status was lost:
+        # it restores the stable model's metrics and history, it is not a new candidate.
+        finished = replace(finished, outcome="Promoted", message="the model serving as stable")
+    elif finished.outcome == "Promoted":
         if guide.pinned_version:
             admission = "held"
         elif stable is not None and rollout.uses_canary(guide):

@@ -43,6 +43,7 @@ class JobView:
     started_at: float | None = None
     finished_at: float | None = None
     failure: str | None = None  # the Job's Failed condition message (deadline, eviction ...)
+    uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class Step:
     delete: tuple[str, ...] = ()
     finished: Finished | None = None
     active: tuple[str, ...] = ()
+    waiting_for: str | None = None  # a run is due but waits for this scheduled Job to end
 
 
 def run_key(spec_hash: str, token: str) -> str:
@@ -157,6 +159,7 @@ def advance(
     create: RunRequest | None = None
     finished: Finished | None = None
     wanted_job: str | None = None
+    waiting_for: str | None = None
 
     if trigger is not None:
         if state.get("runKey") != key:
@@ -168,7 +171,14 @@ def advance(
         job = by_name.get(wanted_job)
         if job is None:
             due = parse_rfc3339(state.get("nextAttemptAt"))
-            if due is None or now >= due:
+            scheduled = next(
+                (j for j in jobs if j.trigger == TRIGGER_SCHEDULE and j.state == "Active"), None
+            )
+            if scheduled is not None:
+                # One training at a time per guide: two runs would train and prune the same
+                # store at once. The on-demand run starts when the scheduled one ends.
+                waiting_for = scheduled.name
+            elif due is None or now >= due:
                 create = RunRequest(key, attempt, trigger)
                 state.pop("nextAttemptAt", None)
         elif job.state != "Active":
@@ -196,6 +206,16 @@ def advance(
         for j in jobs
         if j.trigger != TRIGGER_SCHEDULE and j.state == "Active" and j.name != wanted_job
     )
+    on_demand = create is not None or any(
+        j.name == wanted_job and j.state == "Active" for j in jobs
+    )
+    if on_demand:
+        # The CronJob is suspended while an on-demand run is active; a scheduled Job that
+        # started in the moment before the suspension took effect is stopped (the next
+        # schedule runs it again), so the two never train the same store together.
+        superseded += tuple(
+            j.name for j in jobs if j.trigger == TRIGGER_SCHEDULE and j.state == "Active"
+        )
 
     if finished is None:
         handled_at = parse_rfc3339(state.get("lastScheduledAt")) or 0.0
@@ -220,4 +240,4 @@ def advance(
     active = tuple(j.name for j in jobs if j.state == "Active" and j.name not in superseded) + (
         (job_name(guide, create.run_key, create.attempt),) if create else ()
     )
-    return Step(state, create, superseded, finished, active)
+    return Step(state, create, superseded, finished, active, waiting_for)

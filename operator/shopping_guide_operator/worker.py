@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from . import metrics
 from .kube import Cluster
-from .reconcile import ERROR_SECONDS, PassResult, reconcile
+from .reconcile import ERROR_SECONDS, PassResult, reconcile, report_failure
 from .rollout import ProviderFactory, prometheus_provider
 from .status import Event
 
@@ -53,6 +54,19 @@ class Wakeups:
 
 WAKEUPS = Wakeups()
 
+Pass = Callable[[Cluster, str, str, float, float, ProviderFactory], PassResult | None]
+
+# A pass runs in a thread, and a thread cannot be cancelled: when kopf stops a daemon (peering
+# paused this replica, the operator is shutting down) and starts a new one, the old pass may
+# still be running. One lock per guide makes the new daemon's pass wait for it, so two passes
+# of one guide never overlap and an old pass cannot overwrite a newer status.
+_PASS_LOCKS: dict[Key, threading.Lock] = {}
+
+
+def _exclusive(key: Key, run: Callable[..., PassResult | None], *args: object) -> PassResult | None:
+    with _PASS_LOCKS.setdefault(key, threading.Lock()):
+        return run(*args)
+
 
 async def _sleep(flag: asyncio.Event, stopped: Stopped, seconds: float) -> None:
     waiters = {
@@ -75,6 +89,7 @@ async def run_worker(
     wakeups: Wakeups = WAKEUPS,
     providers: ProviderFactory = prometheus_provider,
     clock: Callable[[], float] = time.time,
+    one_pass: Pass = reconcile,
 ) -> None:
     namespace, name = key
     flag = wakeups.flag(key)
@@ -83,16 +98,18 @@ async def run_worker(
         while not stopped:
             flag.clear()
             started = time.perf_counter()
+            now = clock()
             try:
                 # The API client is synchronous: run the pass off the event loop.
                 result = await asyncio.to_thread(
-                    reconcile, cluster, namespace, name, clock(), resync, providers
+                    _exclusive, key, one_pass, cluster, namespace, name, now, resync, providers
                 )
-            except Exception:
+            except Exception as exc:
                 metrics.RECONCILES.labels("error").inc()
                 failures += 1
                 delay = min(resync, ERROR_SECONDS * 2 ** min(failures - 1, 5))
                 log.exception("reconcile of %s/%s failed; again in %.0fs", namespace, name, delay)
+                await _report(cluster, key, exc, now, post)
             else:
                 metrics.RECONCILES.labels("ok").inc()
                 metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
@@ -108,3 +125,20 @@ async def run_worker(
                 await _sleep(flag, stopped, delay)
     finally:
         wakeups.forget(key)
+
+
+async def _report(
+    cluster: Cluster, key: Key, error: Exception, now: float, post: EventPoster
+) -> None:
+    """A failed pass in status and Events; a failure to say so is only logged."""
+    namespace, name = key
+    text = f"{type(error).__name__}: {error}"
+    try:
+        result = await asyncio.to_thread(
+            _exclusive, key, report_failure, cluster, namespace, name, text, now
+        )
+        if result is not None:
+            for event in result.events:
+                post(result, event)
+    except Exception:
+        log.exception("could not report the failed pass of %s/%s", namespace, name)

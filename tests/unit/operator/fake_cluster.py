@@ -100,7 +100,10 @@ class FakeCluster:
                 "metadata": {
                     "name": f"{name}-pod",
                     "namespace": namespace,
-                    "labels": {"batch.kubernetes.io/job-name": name},
+                    "labels": {
+                        "batch.kubernetes.io/job-name": name,
+                        "batch.kubernetes.io/controller-uid": job["metadata"]["uid"],
+                    },
                     "creationTimestamp": "2026-01-01T00:00:00Z",
                 },
                 "status": {

@@ -1,0 +1,154 @@
+"""Reconcile under change and conflict: foreign Jobs, lost status, two runs at once."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from shopping_guide_contracts.routing import parse
+from shopping_guide_operator.constants import (
+    LABEL_COMPONENT,
+    LABEL_GUIDE,
+    LABEL_MANAGED_BY,
+    LABEL_TRIGGER,
+    MANAGED_BY,
+)
+from shopping_guide_operator.reconcile import reconcile
+
+from .conftest import BASE
+from .fake_cluster import FakeCluster
+from .test_reconcile import NAME, NS, T0, _promote_v1, _retrain, conditions, jobs, result, run
+from .test_reconcile import status as status_of
+
+
+@pytest.fixture
+def world() -> FakeCluster:
+    cluster = FakeCluster()
+    cluster.put(copy.deepcopy(BASE))
+    return cluster
+
+
+def _routing(world: FakeCluster) -> Any:
+    configmap = world.get("ConfigMap", NS, "storefront-routing")
+    assert configmap is not None
+    return parse(configmap["data"]["routing.json"])
+
+
+def test_a_foreign_job_with_our_name_is_reported_not_adopted(world: FakeCluster) -> None:
+    run(world)
+    (name,) = jobs(world)
+    # Someone else's Job takes the name (ours was deleted by hand, theirs has no owner).
+    del world.objects[("Job", NS, name)]
+    world.put({"kind": "Job", "metadata": {"name": name, "namespace": NS}, "spec": {}})
+    outcome = reconcile(world, NS, NAME, T0 + 5)
+    assert outcome is not None
+    assert not any(reason == "TrainingStarted" for _, reason, _ in outcome.events)
+    assert conditions(world)["Degraded"] == ("True", "ApplyFailed")
+    assert "not owned by this ShoppingGuide" in status_of(world)["conditions"][3]["message"]
+
+
+def test_the_result_is_read_from_the_pods_of_this_very_job(world: FakeCluster) -> None:
+    run(world)
+    (name,) = jobs(world)
+    world.finish_job(NS, name, result("v1", 0.3))
+    # A newer pod of an earlier Job of the same name (another uid) holds another result.
+    world.put(
+        {
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{name}-old",
+                "namespace": NS,
+                "labels": {
+                    "batch.kubernetes.io/job-name": name,
+                    "batch.kubernetes.io/controller-uid": "uid-of-another-job",
+                },
+                "creationTimestamp": "2026-06-01T00:00:00Z",
+            },
+            "status": {
+                "containerStatuses": [
+                    {"name": "trainer", "state": {"terminated": {"message": result("vX", 0.9)}}}
+                ]
+            },
+        }
+    )
+    run(world, T0 + 20)
+    assert status_of(world)["stable"]["version"] == "v1"
+
+
+def test_lost_status_keeps_the_stable_model_routed(world: FakeCluster) -> None:
+    _promote_v1(world)
+    before = _routing(world)
+    assert before.stable == "v1"
+    # Restored from a backup without status, or status reset by hand.
+    world.objects[("ShoppingGuide", NS, NAME)].pop("status")
+    outcome = reconcile(world, NS, NAME, T0 + 60)
+    assert outcome is not None
+    after = _routing(world)
+    assert after.stable == "v1"
+    assert after.generation >= before.generation  # pods never see the generation go back
+    assert status_of(world)["stable"]["version"] == "v1"
+    assert any(reason == "StableRecovered" for _, reason, _ in outcome.events)
+    assert world.get("Deployment", NS, NAME) is not None
+    # The finished run of v1 is still there: judged again, it restores v1's metrics and history
+    # (so `rollback --to v1` works again) instead of being gated against itself.
+    st = status_of(world)
+    assert st["stable"]["metrics"]["ndcg@10"] == 0.3
+    assert st["history"][0]["version"] == "v1"
+    assert st["history"][0]["outcome"] == "Promoted"
+    assert conditions(world)["Degraded"] == ("False", "Healthy")
+
+
+def _scheduled_job(world: FakeCluster, name: str, active: bool = True) -> None:
+    guide = world.objects[("ShoppingGuide", NS, NAME)]
+    world.put(
+        {
+            "kind": "Job",
+            "metadata": {
+                "name": name,
+                "namespace": NS,
+                "labels": {
+                    LABEL_GUIDE: NAME,
+                    LABEL_COMPONENT: "training",
+                    LABEL_MANAGED_BY: MANAGED_BY,
+                    LABEL_TRIGGER: "schedule",
+                },
+                "ownerReferences": [
+                    {"kind": "CronJob", "name": f"{NAME}-train", "controller": True, "uid": "c"}
+                ],
+            },
+            "status": {"startTime": "2026-01-01T00:00:00Z"} if active else {},
+        }
+    )
+    assert guide
+
+
+def test_an_on_demand_run_waits_for_the_scheduled_one(world: FakeCluster) -> None:
+    world.objects[("ShoppingGuide", NS, NAME)]["spec"]["training"]["schedule"] = "0 3 * * *"
+    _promote_v1(world)
+    _scheduled_job(world, "storefront-train-sched-1")
+    _retrain(world, "again")
+    run(world, T0 + 100)
+    on_demand = [j for j in jobs(world) if j != "storefront-train-sched-1"]
+    assert len(on_demand) == 1  # only the first, finished run: the retrain waits
+    world.finish_job(NS, "storefront-train-sched-1", result("v2", 0.31))
+    run(world, T0 + 110)
+    run(world, T0 + 120)
+    assert len([j for j in jobs(world) if j != "storefront-train-sched-1"]) == 2
+
+
+def test_the_schedule_is_suspended_while_an_on_demand_run_trains(world: FakeCluster) -> None:
+    world.objects[("ShoppingGuide", NS, NAME)]["spec"]["training"]["schedule"] = "0 3 * * *"
+    run(world)
+    cronjob = world.get("CronJob", NS, f"{NAME}-train")
+    assert cronjob is not None and cronjob["spec"]["suspend"] is True
+    # A scheduled Job that slipped in before the suspension is stopped.
+    _scheduled_job(world, "storefront-train-sched-2")
+    run(world, T0 + 5)
+    assert ("Job", NS, "storefront-train-sched-2") not in world.objects
+    (job,) = jobs(world)
+    world.finish_job(NS, job, result("v1", 0.3))
+    run(world, T0 + 20)
+    cronjob = world.get("CronJob", NS, f"{NAME}-train")
+    assert cronjob is not None and not cronjob["spec"].get("suspend")
