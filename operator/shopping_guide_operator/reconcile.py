@@ -198,8 +198,14 @@ def recover_stable(cluster: Cluster, guide: Guide, status: dict[str, Any]) -> li
     """A status without a stable model (restored from a backup, reset by hand) takes it back
     from the routing ConfigMap the pods serve from, generation included, so that the next
     routing never drops the model every pod is serving (they would all answer 503)."""
-    if status.get("stable") or (status.get("routing") or {}).get("stable"):
+    if (status.get("stable") or {}).get("version"):
         return []
+    routed = (status.get("routing") or {}).get("stable")
+    if routed and routed != guide.pinned_version:
+        status["stable"] = {"version": routed, "recoveredFrom": "status.routing"}
+        return [
+            ("Warning", "StableRecovered", f"status had no stable model; {routed} still routed")
+        ]
     live = cluster.get("ConfigMap", guide.namespace, routing_configmap_name(guide))
     if live is None or not owned_by(live, guide.uid):
         return []

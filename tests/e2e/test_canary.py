@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,8 @@ import pytest
 from kubernetes import client
 
 from tests.conftest import prometheus_binary
-from tests.e2e.conftest import Kube
-from tests.e2e.test_operator import World, cluster, guide_manifest, world  # noqa: F401
+from tests.e2e.conftest import Kube, manifest
+from tests.e2e.test_operator import World, cluster, guide_manifest  # noqa: F401
 from tests.server.conftest import RoutingDir, free_port
 
 pytestmark = pytest.mark.e2e
@@ -275,24 +276,40 @@ class Rig:
         return found
 
 
-@pytest.fixture
-def rig(world: World, tmp_path: Path) -> Iterator[Rig]:  # noqa: F811
+@pytest.fixture(scope="module")
+def rig(cluster: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:  # noqa: F811
+    """One guide, its serving processes, Prometheus and shoppers for the whole story: each
+    scenario below starts from the stable model the one before it left, and fails by name."""
     prometheus_binary()  # fails (in CI) or skips before anything is trained
+    tmp_path = tmp_path_factory.mktemp("canary")
+    namespace = f"e2e-canary-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(cluster.api)
+    core.create_namespace(manifest({"metadata": {"name": namespace}}))
+    w = World(cluster, namespace, tmp_path / "operator.log")
+    w.storage()
+    w.start_operator()
     models = {"v1": train(tmp_path, "v1", 1, False, None)}
     first = json.loads(models["v1"])["version"]
     models["better"] = train(tmp_path, "better", 2, False, first)
     serving = Serving(tmp_path)
-    prometheus = Prometheus(tmp_path, [], world.namespace)
+    prometheus = Prometheus(tmp_path, [], namespace)
     shoppers = Shoppers(serving.urls)
+    rig = Rig(w, models, serving, shoppers, prometheus)
     try:
-        yield Rig(world, models, serving, shoppers, prometheus)
+        _serve_v1(rig)
+        yield rig
     finally:
         shoppers.stop.set()
         serving.close()
         prometheus.stop()
+        if w.process is None:
+            w.start_operator()
+        w.tear_down()
+        print(w.log.read_text()[-6000:])
+        core.delete_namespace(namespace)
 
 
-def test_canaries_promote_the_better_model_and_roll_back_the_broken_one(rig: Rig) -> None:
+def _serve_v1(rig: Rig) -> None:
     w = rig.w
     prometheus = rig.prometheus
     w.apply(guide_manifest(
@@ -317,7 +334,25 @@ def test_canaries_promote_the_better_model_and_roll_back_the_broken_one(rig: Rig
     rig.shoppers.running.set()
     time.sleep(3)  # every series scraped once before any canary
 
-    # 1. The better model, through every step.
+
+def _stable(rig: Rig) -> str:
+    """The scenario's starting point: a stable model and no canary (an earlier scenario that
+    failed may have left one; it is aborted so that this one is judged on its own)."""
+    w = rig.w
+    if (w.status().get("canary") or {}).get("version"):
+        w.kube.kubectl(
+            "annotate", "sg", "storefront", "-n", w.namespace, "--overwrite",
+            f"shoppingguide.io/abort={uuid.uuid4().hex[:8]}",
+        )  # fmt: skip
+        w.wait_status("no canary", lambda s: not (s.get("canary") or {}).get("version"))
+    return str(w.status()["stable"]["version"])
+
+
+def test_the_better_model_promotes_through_every_step_across_an_operator_restart(
+    rig: Rig,
+) -> None:
+    w = rig.w
+    _stable(rig)
     better = rig.release("better")
     weights = set()
 
@@ -328,7 +363,7 @@ def test_canaries_promote_the_better_model_and_roll_back_the_broken_one(rig: Rig
             weights.add(canary.get("weight"))
         return bool((status.get("stable") or {}).get("version") == better)
 
-    # 5. An operator restart in the middle of a step resumes at the same step and weight.
+    # An operator restart in the middle of a step resumes at the same step and weight.
     def second_step() -> bool:
         promoted()
         canary = w.status().get("canary") or {}
@@ -357,13 +392,16 @@ def test_canaries_promote_the_better_model_and_roll_back_the_broken_one(rig: Rig
     reasons = w.events()
     assert {"CanaryStarted", "CanaryStep", "CanaryPromoted", "ModelPromoted"} <= set(reasons)
 
-    # 2. The broken model: clicks collapse, rolled back within the failing step.
-    rig.models["broken"] = train(w.log.parent, "broken2", 3, True, better)
+
+def test_the_broken_model_rolls_back_within_the_failing_step(rig: Rig) -> None:
+    w = rig.w
+    stable = _stable(rig)
+    rig.models["broken"] = train(w.log.parent, "broken2", 3, True, stable)
     broken = rig.release("broken")
     entry = rig.outcome(broken)
     assert entry["outcome"] == "RolledBack", entry
     assert "click-through ratio" in entry["reason"]
-    assert w.status()["stable"]["version"] == better
+    assert w.status()["stable"]["version"] == stable
     bad = [(t, u) for t, u, v in rig.shoppers.served if v == broken]
     rolled_back_at = next(t for t, d in rig.serving.rollbacks
                           if d.get("canary") is None and t > bad[0][0])  # fmt: skip
@@ -378,8 +416,12 @@ def test_canaries_promote_the_better_model_and_roll_back_the_broken_one(rig: Rig
     assert "CanaryAnalysisFailed" in w.events()
     assert "CanaryRolledBack" in w.events()
 
-    # 4. Prometheus down for a while: the canary holds, then continues to promotion.
-    rig.models["steady"] = train(w.log.parent, "steady", 4, False, better)
+
+def test_a_prometheus_outage_holds_the_canary_then_it_promotes(rig: Rig) -> None:
+    w = rig.w
+    prometheus = rig.prometheus
+    stable = _stable(rig)
+    rig.models["steady"] = train(w.log.parent, "steady", 4, False, stable)
     steady = rig.release("steady")
     w.wait_status(
         "the canary measuring",
@@ -400,16 +442,19 @@ def test_canaries_promote_the_better_model_and_roll_back_the_broken_one(rig: Rig
     assert entry["outcome"] == "Promoted", entry
     assert "PrometheusReachable" in w.events()
 
-    # 3. No traffic: inconclusive at every interval, rolled back at the progress deadline.
+
+def test_a_canary_without_traffic_rolls_back_at_the_progress_deadline(rig: Rig) -> None:
+    w = rig.w
+    stable = _stable(rig)
     rig.shoppers.running.clear()
     w.kube.kubectl(
         "patch", "sg", "storefront", "-n", w.namespace, "--type=merge",
         "-p", json.dumps({"spec": {"rollout": {"progressDeadline": "12s"}}}),
     )  # fmt: skip
-    rig.models["idle"] = train(w.log.parent, "idle", 5, False, steady)
+    rig.models["idle"] = train(w.log.parent, "idle", 5, False, stable)
     idle = rig.release("idle")
     entry = rig.outcome(idle)
     assert (entry["outcome"], entry["reason"]) == ("RolledBack", "ProgressDeadlineExceeded")
     assert entry["analysis"]["result"] == "Inconclusive"
-    assert w.status()["stable"]["version"] == steady
+    assert w.status()["stable"]["version"] == stable
     assert "CanaryInconclusive" in w.events()

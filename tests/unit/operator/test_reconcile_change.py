@@ -152,3 +152,11 @@ def test_the_schedule_is_suspended_while_an_on_demand_run_trains(world: FakeClus
     run(world, T0 + 20)
     cronjob = world.get("CronJob", NS, f"{NAME}-train")
     assert cronjob is not None and not cronjob["spec"].get("suspend")
+
+
+def test_a_status_that_lost_only_its_stable_model_keeps_the_routing(world: FakeCluster) -> None:
+    _promote_v1(world)
+    world.objects[("ShoppingGuide", NS, NAME)]["status"].pop("stable")
+    run(world, T0 + 60)
+    assert _routing(world).stable == "v1"
+    assert status_of(world)["stable"]["version"] == "v1"
