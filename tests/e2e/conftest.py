@@ -113,7 +113,7 @@ class Kube:
 
     def restart_apiserver(self) -> None:
         if self.state is None:
-            pytest.skip("the cluster is not managed by hack/cluster.sh")
+            required("the cluster is not managed by hack/cluster.sh")
         result = cluster_sh("restart-apiserver", timeout=300)
         assert result.returncode == 0, result.stderr
 

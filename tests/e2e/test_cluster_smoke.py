@@ -11,6 +11,7 @@ import yaml
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
+from tests.conftest import required
 from tests.e2e.conftest import ON_FAKE_NODES, Kube, manifest
 
 pytestmark = pytest.mark.e2e
@@ -65,7 +66,7 @@ def _gone(read: Any, *args: str) -> bool:
 
 def test_server_version_is_stamped(kube: Kube) -> None:
     if kube.state is None:
-        pytest.skip("only meaningful for the cluster built by hack/build-cluster-binaries.sh")
+        required("only meaningful for the cluster built by hack/build-cluster-binaries.sh")
     versions = json.loads(kube.kubectl("version", "-o", "json").stdout)
     assert versions["clientVersion"]["gitVersion"] == "v1.34.4"
     assert versions["serverVersion"]["gitVersion"] == "v1.34.4"
@@ -275,7 +276,7 @@ def test_garbage_collection_and_namespace_deletion(kube: Kube, namespace: str) -
 
 def test_apiserver_restart_keeps_data(kube: Kube, namespace: str) -> None:
     if kube.state is None:
-        pytest.skip("the cluster is not managed by hack/cluster.sh")
+        required("the cluster is not managed by hack/cluster.sh")
     core = client.CoreV1Api(kube.api)
     core.create_namespaced_config_map(
         namespace, manifest({"metadata": {"name": "survivor"}, "data": {"answer": "42"}})
