@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from .analysis import Result, Verdict
+from .durations import parse_duration
 
 Manual = Literal["promote", "abort", "retry"]
 
@@ -215,25 +216,6 @@ def advance(state: CanaryState, plan: Plan, observed: Observed, now: float) -> D
     )
     weight = plan.steps[following.step].weight_percent
     return Decision(following, ("routing", f"Step {following.step + 1}: canary weight {weight}%"))
-
-
-def parse_duration(text: str | int | float) -> float:
-    """`30s`, `10m`, `1h`, `1h30m` or plain seconds."""
-    if isinstance(text, int | float):
-        return float(text)
-    total, number = 0.0, ""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    for char in text.strip():
-        if char.isdigit() or char == ".":
-            number += char
-        elif char in units and number:
-            total += float(number) * units[char]
-            number = ""
-        else:
-            raise ValueError(f"not a duration: {text!r}")
-    if number:
-        total += float(number)
-    return total
 
 
 def plan_from_spec(rollout: dict[str, Any]) -> Plan:
