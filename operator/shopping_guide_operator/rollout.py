@@ -51,14 +51,16 @@ MANUAL_KEYS = {
 def prometheus_provider(guide: Guide) -> MetricsProvider | None:
     """The provider `spec.rollout.analysis.prometheus` names; None without one.
 
-    The selector defaults to the guide's namespace: the label every Prometheus setup that
-    scrapes pods attaches. `prometheus.selector` narrows it (e.g. to a pod label).
+    The selector defaults to this guide's serving pods, `{namespace, guide}`: every server
+    metric carries the guide's name, so two guides in one namespace never mix their metrics.
+    `prometheus.selector` replaces it (for setups that name the labels otherwise). An address
+    the operator's allow-list refuses gives a provider that refuses every query.
     """
     config = ((guide.rollout or {}).get("analysis") or {}).get("prometheus") or {}
     address = config.get("address")
     if not address:
         return None
-    selector = config.get("selector") or {"namespace": guide.namespace}
+    selector = config.get("selector") or {"namespace": guide.namespace, "guide": guide.name}
     return PrometheusProvider(str(address), {str(k): str(v) for k, v in selector.items()})
 
 

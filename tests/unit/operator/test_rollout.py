@@ -46,6 +46,7 @@ class FakePrometheus:
     metrics: dict[str, VersionMetrics] = field(default_factory=dict)
     down: bool = False
     measured: list[tuple[str, float]] = field(default_factory=list)
+    load_failed: dict[str, str] = field(default_factory=dict)
 
     async def measure(self, version: str, window_seconds: float) -> VersionMetrics:
         if self.down:
@@ -57,6 +58,11 @@ class FakePrometheus:
         if self.down:
             raise MeasurementError("Prometheus at http://prometheus.monitoring:9090 unreachable")
         return self.applied
+
+    async def load_failure(self, version: str) -> str | None:
+        if self.down:
+            raise MeasurementError("Prometheus at http://prometheus.monitoring:9090 unreachable")
+        return self.load_failed.get(version)
 
 
 @dataclass
