@@ -1,16 +1,29 @@
 """`python -m shopping_guide_operator` / `shopping-guide-operator`: run the operator.
 
 Uses the in-cluster service account, or the current kubeconfig ($KUBECONFIG) outside one.
+
+The Prometheus addresses guides may name for their canary analysis are the operator's to
+allow, not the guides': `--prometheus-allowed-address` (repeatable), else
+$SHOPPING_GUIDE_PROMETHEUS_ALLOWED_ADDRESSES (comma-separated), else the cluster's services
+only (`http(s)://*.svc:*`, `http(s)://*.svc.cluster.local:*`). Each entry is
+`scheme://host[:port][/path]`; the host may start with `*.`, the port may be `*`.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+
+from .prometheus_provider import DEFAULT_ALLOWED_ADDRESSES, AllowList
+
+ENV_ALLOWED_ADDRESSES = "SHOPPING_GUIDE_PROMETHEUS_ALLOWED_ADDRESSES"
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="shopping-guide-operator", description="Runs the ShoppingGuide operator."
     )
@@ -54,9 +67,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="how often each guide is reconciled without any event (default 60)",
     )
     parser.add_argument(
+        "--prometheus-allowed-address",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="a Prometheus address prefix guides may name, scheme://host[:port][/path] with "
+        "an optional leading *. in the host and * as the port (repeatable; default "
+        f"${ENV_ALLOWED_ADDRESSES}, else {', '.join(DEFAULT_ALLOWED_ADDRESSES)})",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    environ = os.environ if environ is None else environ
+    entries: Sequence[str] = args.prometheus_allowed_address or [
+        e.strip() for e in environ.get(ENV_ALLOWED_ADDRESSES, "").split(",") if e.strip()
+    ]
+    try:
+        args.prometheus_allowed = AllowList.parse(entries) if entries else AllowList.default()
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -69,7 +100,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     import kopf
 
-    from . import handlers  # registers the handlers with kopf's default registry
+    from . import (
+        handlers,  # registers the handlers with kopf's default registry
+        prometheus_provider,
+    )
+
+    prometheus_provider.configure(args.prometheus_allowed)
+    logging.getLogger(__name__).info(
+        "Prometheus addresses allowed: %s",
+        ", ".join(str(e) for e in args.prometheus_allowed.entries),
+    )
 
     if args.resync is not None:
         handlers.OPTIONS["resync"] = args.resync

@@ -42,7 +42,8 @@ class Thresholds:
     max_error_rate: float | None = 0.01
     max_latency_p99_ms: float | None = None
     min_click_through_ratio: float | None = None
-    # Stable needs this many recommendations before its click-through is a baseline.
+    # Stable needs this many recommendations before its click-through is a baseline. Not read
+    # from the spec: the CRD has no such field (it would be pruned).
     min_stable_recommendations: int = 100
 
     @classmethod
@@ -52,7 +53,6 @@ class Thresholds:
             max_error_rate=_opt_float(analysis.get("maxErrorRate", 0.01)),
             max_latency_p99_ms=_opt_float(analysis.get("maxLatencyP99Ms")),
             min_click_through_ratio=_opt_float(analysis.get("minClickThroughRatio")),
-            min_stable_recommendations=int(analysis.get("minStableRecommendations", 100)),
         )
 
 

@@ -21,8 +21,8 @@ from shopping_guide_contracts.training_result import ResultError, decode
 from . import gate as quality_gate
 from .builders.common import job_name
 from .builders.training import TRIGGER_SCHEDULE
-from .canary import parse_duration
 from .conditions import now_rfc3339, parse_rfc3339
+from .durations import parse_duration
 from .spec import Gate, Guide
 
 JobState = Literal["Active", "Succeeded", "Failed"]

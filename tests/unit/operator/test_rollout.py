@@ -15,6 +15,7 @@ from shopping_guide_contracts.routing import Routing, parse
 from shopping_guide_operator.analysis import VersionMetrics
 from shopping_guide_operator.prometheus_provider import MeasurementError, MetricsProvider
 from shopping_guide_operator.reconcile import reconcile
+from shopping_guide_operator.rollout import ProviderFactory, prometheus_provider
 from shopping_guide_operator.spec import Guide
 
 from .conftest import BASE
@@ -46,6 +47,7 @@ class FakePrometheus:
     metrics: dict[str, VersionMetrics] = field(default_factory=dict)
     down: bool = False
     measured: list[tuple[str, float]] = field(default_factory=list)
+    load_failed: dict[str, str] = field(default_factory=dict)
 
     async def measure(self, version: str, window_seconds: float) -> VersionMetrics:
         if self.down:
@@ -58,6 +60,11 @@ class FakePrometheus:
             raise MeasurementError("Prometheus at http://prometheus.monitoring:9090 unreachable")
         return self.applied
 
+    async def load_failure(self, version: str) -> str | None:
+        if self.down:
+            raise MeasurementError("Prometheus at http://prometheus.monitoring:9090 unreachable")
+        return self.load_failed.get(version)
+
 
 @dataclass
 class World:
@@ -66,9 +73,10 @@ class World:
     now: float = T0
     events: list[tuple[str, str, str]] = field(default_factory=list)
     requeue: float = 0.0
+    factory: ProviderFactory | None = None  # the real one; the fake Prometheus without it
 
-    def providers(self, guide: Guide) -> MetricsProvider:
-        return self.prometheus
+    def providers(self, guide: Guide) -> MetricsProvider | None:
+        return self.prometheus if self.factory is None else self.factory(guide)
 
     def run(self, seconds: float = 0.0) -> None:
         self.now += seconds
@@ -359,3 +367,148 @@ def test_without_steps_a_gated_model_becomes_stable_directly(world: World) -> No
     world.train("v2", "1")
     assert world.status["stable"]["version"] == "v2"
     assert "canary" not in world.status
+
+
+def at_the_second_step(world: World) -> None:
+    """v2 is the canary, measured at the second step (50 %)."""
+    world.prometheus.metrics["v2"] = GOOD
+    world.train("v2", "1")
+    world.apply_routing()
+    world.run(1)
+    world.run(30)
+    world.run(30)
+    world.apply_routing()
+    world.run(1)
+    canary = world.status["canary"]
+    assert (canary["step"], canary["phase"], canary["weight"]) == (1, "Progressing", 50)
+
+
+def test_removing_the_rollout_mid_canary_aborts_it(world: World) -> None:
+    at_the_second_step(world)
+    world.guide["spec"].pop("rollout")
+    world.run(1)
+    assert (world.routing.stable, world.routing.canary) == ("v1", None)
+    assert world.routing.canary_weight_basis_points == 0
+    assert "canary" not in world.status
+    assert world.status["stable"]["version"] == "v1"
+    entry = world.status["history"][0]
+    assert (entry["version"], entry["outcome"]) == ("v2", "RolledBack")
+    assert entry["reason"].startswith("RolloutRemoved")
+    (message,) = [m for _, reason, m in world.events if reason == "CanaryRolledBack"]
+    assert "spec.rollout" in message and "stable" in message
+
+
+def test_fewer_steps_mid_canary_restart_at_the_first_step(world: World) -> None:
+    at_the_second_step(world)
+    world.guide["spec"]["rollout"]["steps"] = [{"weight": 20, "pause": "30s"}]
+    world.run(1)
+    canary = world.status["canary"]
+    assert (canary["step"], canary["steps"], canary["phase"]) == (0, 1, "WaitingForRouting")
+    assert world.routing.canary_weight_basis_points == 2000
+    assert canary["plan"]["steps"] == [{"weight_percent": 20.0, "pause_seconds": 30.0}]
+    (message,) = [m for _, reason, m in world.events if reason == "CanaryRestarted"]
+    assert "spec.rollout changed" in message and "step 1" in message
+    world.apply_routing()
+    world.run(1)
+    world.run(30)  # no IndexError on the shrunk plan: one passed analysis promotes
+    assert world.status["stable"]["version"] == "v2"
+
+
+def test_new_weights_mid_canary_restart_at_the_first_weight_never_jump(world: World) -> None:
+    at_the_second_step(world)
+    world.guide["spec"]["rollout"]["steps"] = [
+        {"weight": 5, "pause": "60s"},
+        {"weight": 80, "pause": "60s"},
+    ]
+    world.run(1)
+    assert world.routing.canary_weight_basis_points == 500  # not 8000, the new second step
+    canary = world.status["canary"]
+    assert (canary["step"], canary["weight"], canary["failures"]) == (0, 5, 0)
+    assert "CanaryRestarted" in world.reasons()
+    world.run(1)
+    assert world.reasons().count("CanaryRestarted") == 1  # the new plan is frozen now
+
+
+def test_the_frozen_plan_drives_the_canary_not_the_spec(world: World) -> None:
+    world.prometheus.metrics["v2"] = GOOD
+    world.train("v2", "1")
+    frozen = world.status["canary"]["plan"]
+    assert [s["weight_percent"] for s in frozen["steps"]] == [10.0, 50.0]
+    assert (frozen["interval_seconds"], frozen["failure_limit"]) == (30.0, 2)
+    assert frozen["progress_deadline_seconds"] == 600.0 and frozen["spec_hash"]
+    world.apply_routing()
+    world.run(1)
+    world.run(30)
+    world.guide["spec"]["rollout"]["paused"] = True  # pausing is not a change of plan
+    world.run(1)
+    world.guide["spec"]["rollout"]["paused"] = False
+    world.run(1)
+    assert world.status["canary"]["plan"] == frozen
+    assert "CanaryRestarted" not in world.reasons()
+
+
+def test_status_of_an_older_operator_is_frozen_from_the_spec(world: World) -> None:
+    world.prometheus.metrics["v2"] = GOOD
+    world.train("v2", "1")
+    world.apply_routing()
+    world.run(1)
+    world.run(30)
+    world.guide["status"]["canary"].pop("plan")  # as an operator without frozen plans wrote it
+    world.run(1)
+    canary = world.status["canary"]
+    assert (canary["step"], canary["phase"]) == (0, "Progressing")
+    assert [s["weight_percent"] for s in canary["plan"]["steps"]] == [10.0, 50.0]
+    assert "CanaryRestarted" not in world.reasons()
+    world.run(30)
+    assert world.status["canary"]["step"] == 1
+
+
+def test_pausing_while_waiting_for_the_routing_resumes_waiting(world: World) -> None:
+    world.prometheus.metrics["v2"] = GOOD
+    world.train("v2", "1")
+    assert world.status["canary"]["phase"] == "WaitingForRouting"
+    world.guide["spec"]["rollout"]["paused"] = True
+    world.run(1)
+    assert world.status["canary"]["phase"] == "Paused"
+    world.guide["spec"]["rollout"]["paused"] = False
+    world.run(1)
+    assert world.status["canary"]["phase"] == "WaitingForRouting"
+    world.run(60)
+    assert world.prometheus.measured == []  # the pods have not applied the routing yet
+    world.apply_routing()
+    world.run(1)
+    assert world.status["canary"]["phase"] == "Progressing"
+
+
+def test_a_canary_that_fails_to_load_is_rolled_back_at_once(world: World) -> None:
+    world.prometheus.load_failed["v2"] = "model file truncated (2 pods)"
+    world.train("v2", "1")
+    world.run(1)
+    assert world.status["canary"]["phase"] == "WaitingForRouting"  # the pods have not tried yet
+    world.apply_routing()
+    world.run(1)
+    status = world.status
+    assert "canary" not in status
+    assert (world.routing.stable, world.routing.canary) == ("v1", None)
+    assert status["lastCanary"]["reason"] == "CanaryLoadFailed"
+    assert "model file truncated (2 pods)" in status["lastCanary"]["detail"]
+    entry = status["history"][0]
+    assert (entry["outcome"], entry["version"]) == ("RolledBack", "v2")
+    assert entry["reason"].startswith("CanaryLoadFailed") and "truncated" in entry["reason"]
+    (message,) = [m for _, reason, m in world.events if reason == "CanaryRolledBack"]
+    assert "failed to load" in message and "model file truncated (2 pods)" in message
+    assert world.prometheus.measured == []
+
+
+def test_an_address_the_operator_does_not_allow_holds_the_canary(world: World) -> None:
+    world.factory = prometheus_provider  # the default allow-list: in-cluster services only
+    world.train("v2", "1")  # the guide names http://prometheus.monitoring:9090
+    world.run(1)
+    world.run(30)
+    world.run(30)
+    canary = world.status["canary"]
+    assert (canary["phase"], canary["step"], canary["weight"]) == ("WaitingForRouting", 0, 10)
+    assert "not allowed by the operator's configuration" in canary["prometheusError"]
+    (message,) = [m for _, r, m in world.events if r == "PrometheusAddressNotAllowed"]
+    assert "http://prometheus.monitoring:9090" in message and "holding the canary" in message
+    assert "PrometheusUnreachable" not in world.reasons()
