@@ -61,7 +61,7 @@ def job_name(guide: str, request: Request) -> str:
 
 
 @dataclass(frozen=True)
-class Step:
+class ErasureStep:
     """What this pass does about erasures."""
 
     start: Request | None = None
@@ -113,7 +113,7 @@ def advance(
     training_active: bool,
     now: float,
     read_message: Callable[[JobView], str | None],
-) -> Step:
+) -> ErasureStep:
     """One pass: judge finished erasure Jobs, and start the next request when the store is
     free. Requests run in creation order, so at most one of them has a Job at a time."""
     statuses: dict[str, dict[str, Any]] = {}
@@ -159,4 +159,4 @@ def advance(
             "phase": PENDING,
             "message": "waiting for the running training Job: the store has one writer",
         }
-    return Step(start, statuses, busy, tuple(finished))
+    return ErasureStep(start, statuses, busy, tuple(finished))

@@ -162,6 +162,8 @@ class Product:
             "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
             "--set", "image.pullPolicy=Never",
             "--set", f"watchNamespaces={{{self.namespace}}}",
+            # The test's Prometheus runs on the host, outside the in-cluster default.
+            "--set-json", f'prometheus.allowedAddresses=["http://{HOST_IP}:*"]',
             "--wait", "--timeout", "180s", *extra,
         )  # fmt: skip
 

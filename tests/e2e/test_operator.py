@@ -176,6 +176,8 @@ class World:
                     self.namespace,
                     "--resync",
                     "5",
+                    # The canary tests' Prometheus runs on this host.
+                    "--prometheus-allowed-address=http://127.0.0.1:*",
                 ],
                 env={**self.kube.env, "KUBECONFIG": str(self.kube.kubeconfig)},
                 stdout=out,
@@ -544,6 +546,8 @@ def test_two_replicas_with_peering_take_turns(
                     namespace,
                     "--resync",
                     "5",
+                    # The canary tests' Prometheus runs on this host.
+                    "--prometheus-allowed-address=http://127.0.0.1:*",
                 ],
                 env={**cluster.env, "KUBECONFIG": str(cluster.kubeconfig)},
                 stdout=out,
