@@ -73,7 +73,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="kubectl shoppingguide",
         description="Inspect and steer ShoppingGuide rollouts.",
-        epilog="Exit codes: 0 done, 1 the API refused or the guide does not exist, 2 bad usage.",
+        epilog="Exit codes: 0 done, 1 the API refused, the guide does not exist or cannot do "
+        "that (rollback to a version that was never stable), 2 bad usage.",
     )
     _global_flags(parser, None)
     flags = argparse.ArgumentParser(add_help=False)
@@ -156,6 +157,28 @@ def show_history(guide: dict[str, Any], out: TextIO) -> None:
         )
 
 
+def rollback_refusal(guide: dict[str, Any], version: str) -> str | None:
+    """Why the operator would refuse `rollback --to version`, checked before asking it. A
+    version counts when the history shows it stable (Promoted or Restored): the versions a
+    training run never prunes."""
+    status = guide.get("status") or {}
+    pin = (guide.get("spec", {}).get("model") or {}).get("pinnedVersion")
+    if pin:
+        return f"serving is pinned to {pin} (spec.model.pinnedVersion); change the pin instead"
+    were_stable = {
+        str(entry.get("version"))
+        for entry in status.get("history") or []
+        if entry.get("version") and entry.get("outcome") in ("Promoted", "Restored")
+    }
+    if version in were_stable or version == (status.get("stable") or {}).get("version"):
+        return None  # the current stable: the operator says so and changes nothing
+    known = ", ".join(sorted(were_stable)) or "none"
+    return (
+        f"{version} was never stable in this guide's history (versions that were: {known}); "
+        "see `kubectl shoppingguide history`"
+    )
+
+
 def run(args: argparse.Namespace, guides: Guides, namespace: str, out: TextIO) -> int:
     if args.command == "status":
         show_status(guides.get(namespace, args.name), out)
@@ -166,6 +189,10 @@ def run(args: argparse.Namespace, guides: Guides, namespace: str, out: TextIO) -
     # A fresh value each time: the operator acts once per distinct value.
     token = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + f".{time.time_ns() % 10**9}"
     if args.command == "rollback":
+        refused = rollback_refusal(guides.get(namespace, args.name), args.to)
+        if refused is not None:
+            sys.stderr.write(f"Error: cannot roll {args.name} back to {args.to}: {refused}\n")
+            return 1
         annotations = {ANNOTATION_ROLLBACK_TO: f"{args.to}@{token}"}
     else:
         annotations = {ACTIONS[args.command]: token}

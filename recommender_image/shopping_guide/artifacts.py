@@ -1,15 +1,30 @@
 """The model store: versioned artifact directories, written atomically, verified on load.
 
-Layout: `<store>/<version>/` holds one `.npy` per array (loaded with allow_pickle=False) and
+A version directory holds one `.npy` per array (loaded with allow_pickle=False) and
 `manifest.json` with the sha256, size, shape and dtype of each. A version is assembled in a
 hidden `.incoming-*` directory and renamed into place, so a reader sees all of it or nothing.
+
+Layout of one store (a claim several guides may share):
+
+    <store>/guides/<namespace>/<guide>/<version>/   each guide's own versions
+    <store>/<version>/                              the flat layout of earlier releases
+    <store>/forgotten-users.txt, <store>/audit.log  the whole store's
+
+A store opened for a guide (`ModelStore(root, "namespace/guide")`) writes, lists and prunes
+only that guide's directory. Looking a version up, it tries that directory, then the flat
+layout, so the versions an earlier release wrote keep serving. Pruning never removes a flat
+version: which guide one belongs to is recorded nowhere, so they stay until removed by hand
+(or by pruning a store opened without a guide, which keeps the earlier behaviour). The
+namespace is part of the path because claims can be shared across namespaces too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import secrets
 import shutil
 import time
@@ -22,13 +37,23 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import ArtifactError
+from shopping_guide_contracts.routing import RoutingError
+from shopping_guide_contracts.routing import parse as parse_routing
+
+from .errors import ArtifactError, ConfigError
 from .model import Model
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 ARTIFACT_SCHEMA = 1
+GUIDES = "guides"
 _INCOMING = ".incoming-"
 _STALE_SECONDS = 3600
+# A Kubernetes name (DNS subdomain): never `..`, never a separator.
+_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+# What new_version() makes, and any other Kubernetes label value: safe as one path segment.
+_VERSION = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,126})?$")
 
 
 @dataclass
@@ -65,16 +90,74 @@ def new_version(now: datetime | None = None) -> str:
     return f"v{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
+def parse_guide(value: str) -> tuple[str, str]:
+    """`NAMESPACE/NAME` into its two parts, each a Kubernetes name."""
+    namespace, sep, name = value.partition("/")
+    if not sep or not _K8S_NAME.match(namespace) or not _K8S_NAME.match(name) or ".." in value:
+        raise ConfigError(f"guide must be NAMESPACE/NAME (Kubernetes names), got {value!r}")
+    return namespace, name
+
+
+def check_version(version: str) -> str:
+    if not _VERSION.match(version) or version == GUIDES:
+        raise ArtifactError(f"{version!r} is not a model version name")
+    return version
+
+
+def routed_versions(routing: Path) -> set[str] | None:
+    """The versions a routing file routes; empty when there is none yet (no routing
+    ConfigMap so far), None when it cannot be read or parsed."""
+    try:
+        return set(parse_routing(routing.read_text()).versions())
+    except FileNotFoundError:
+        return set()
+    except (OSError, RoutingError) as exc:
+        log.warning("routing file %s: %s", routing, exc)
+        return None
+
+
 class ModelStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, guide: str | None = None) -> None:
+        """`root` is the mounted store; `guide` (`NAMESPACE/NAME`) scopes it to one guide."""
         self.root = Path(root)
+        self.guide = guide
+        if guide is None:
+            self.home = self.root
+        else:
+            namespace, name = parse_guide(guide)
+            self.home = self.root / GUIDES / namespace / name
+
+    def guide_stores(self) -> list[ModelStore]:
+        """The whole store: the flat layout first, then one store per guide directory."""
+        stores = [ModelStore(self.root)]
+        for directory in sorted((self.root / GUIDES).glob("*/*")):
+            names = (directory.parent.name, directory.name)
+            if directory.is_dir() and all(_K8S_NAME.match(n) for n in names):
+                stores.append(ModelStore(self.root, "/".join(names)))
+        return stores
+
+    def path(self, version: str) -> Path:
+        """Where a version lives: this guide's directory, else the flat layout. A store opened
+        without a guide also finds a version in a guide's directory (names are unique)."""
+        own = self.home / check_version(version)
+        if own.is_dir():
+            return own
+        if self.guide is not None:
+            flat = self.root / version
+            return flat if flat.is_dir() else own
+        found = sorted(p.parent for p in self.root.glob(f"{GUIDES}/*/*/{version}/{MANIFEST}"))
+        if len(found) > 1:
+            where = ", ".join(str(p.parent.relative_to(self.root)) for p in found)
+            raise ArtifactError(f"model version {version} is in several guides ({where})")
+        return found[0] if found else own
 
     def versions(self) -> list[str]:
-        """Complete versions, oldest first (by creation time; names share a second)."""
-        if not self.root.is_dir():
+        """This guide's (or, without one, the flat layout's) complete versions, oldest first
+        (by creation time; names share a second)."""
+        if not self.home.is_dir():
             return []
         found: list[tuple[str, str]] = []
-        for entry in self.root.iterdir():
+        for entry in self.home.iterdir():
             if entry.is_dir() and not entry.name.startswith(".") and (entry / MANIFEST).is_file():
                 try:
                     created = str(json.loads((entry / MANIFEST).read_text()).get("created_at", ""))
@@ -93,12 +176,12 @@ class ModelStore:
         extras: Mapping[str, npt.NDArray[Any]] | None = None,
     ) -> tuple[str, Path]:
         """Write a new version atomically; returns its name and final path."""
-        version = version or new_version()
-        self.root.mkdir(parents=True, exist_ok=True)
-        final = self.root / version
+        version = check_version(version or new_version())
+        self.home.mkdir(parents=True, exist_ok=True)
+        final = self.home / version
         if final.exists():
-            raise ArtifactError(f"version {version} already exists in {self.root}")
-        incoming = self.root / f"{_INCOMING}{version}-{os.getpid()}"
+            raise ArtifactError(f"version {version} already exists in {self.home}")
+        incoming = self.home / f"{_INCOMING}{version}-{os.getpid()}"
         incoming.mkdir()
         try:
             arrays = {
@@ -122,6 +205,7 @@ class ModelStore:
                 }
             manifest = {
                 "schema": ARTIFACT_SCHEMA,
+                **({"guide": self.guide} if self.guide else {}),
                 **meta,
                 "version": version,
                 "algorithm": model.algorithm,
@@ -143,18 +227,19 @@ class ModelStore:
                 os.fsync(handle.fileno())
             _fsync_dir(incoming)
             incoming.rename(final)
-            _fsync_dir(self.root)
+            _fsync_dir(self.home)
         except BaseException:
             shutil.rmtree(incoming, ignore_errors=True)
             raise
         return version, final
 
     def manifest(self, version: str) -> dict[str, Any]:
-        path = self.root / version / MANIFEST
+        path = self.path(version) / MANIFEST
         try:
             document = json.loads(path.read_text())
         except FileNotFoundError as exc:
-            raise ArtifactError(f"model version {version} not found in {self.root}") from exc
+            where = f"{self.home} or {self.root}" if self.guide else str(self.root)
+            raise ArtifactError(f"model version {version} not found in {where}") from exc
         except (OSError, json.JSONDecodeError) as exc:
             raise ArtifactError(f"{path}: unreadable manifest: {exc}") from exc
         if not isinstance(document, dict) or document.get("schema") != ARTIFACT_SCHEMA:
@@ -164,7 +249,7 @@ class ModelStore:
     def load(self, version: str, verify: bool = True) -> LoadedModel:
         """Load and check a version: sizes, checksums, shapes, dtypes, finiteness."""
         manifest = self.manifest(version)
-        directory = self.root / version
+        directory = self.path(version)
         arrays: dict[str, npt.NDArray[Any]] = {}
         for filename, expected in manifest.get("files", {}).items():
             path = directory / filename
@@ -199,20 +284,33 @@ class ModelStore:
             version, directory, manifest, model, arrays["user_ids"], arrays["item_ids"], extras
         )
 
-    def prune(self, keep: int, protect: Iterable[str] = ()) -> list[str]:
-        """Remove all but the newest `keep` versions and the protected ones; returns removed."""
+    def prune(
+        self, keep: int, protect: Iterable[str] = (), routing: Path | None = None
+    ) -> list[str]:
+        """Remove all but the newest `keep` versions and the protected ones; returns removed.
+
+        Only this guide's directory (without a guide: the flat layout). `routing`, a routing
+        file, protects what it routes as read now, at the end of a run that may have taken
+        hours; when it cannot be read, nothing is removed this time.
+        """
         if keep < 1:
             raise ArtifactError("keep must be at least 1")
         protected = set(protect)
+        if routing is not None:
+            routed = routed_versions(routing)
+            if routed is None:
+                log.warning("not pruning: the routing file cannot be read")
+                return []
+            protected |= routed
         versions = self.versions()
         removable = [v for v in versions[:-keep] if v not in protected]
         for version in removable:
             # Rename first so a reader never opens a half-deleted version.
-            doomed = self.root / f"{_INCOMING}deleting-{version}"
-            (self.root / version).rename(doomed)
+            doomed = self.home / f"{_INCOMING}deleting-{version}"
+            (self.home / version).rename(doomed)
             shutil.rmtree(doomed, ignore_errors=True)
         now = time.time()
-        for entry in self.root.glob(f"{_INCOMING}*"):
+        for entry in self.home.glob(f"{_INCOMING}*"):
             if now - entry.stat().st_mtime > _STALE_SECONDS:
                 shutil.rmtree(entry, ignore_errors=True)
         return removable
@@ -226,33 +324,16 @@ def forget_user(store: ModelStore, user_id: str) -> list[str]:
     """Remove one user from every stored version (id map, history, factors) and record the
     request, so the next training skips their events too. Returns the versions rewritten.
 
-    Each version is rewritten beside the old one and swapped in by rename; the audit line
-    names the user only by a hash and carries none of their events.
+    Every version of the whole store: every guide's and the flat layout's, as the record
+    of forgotten users is the whole store's. Each version is rewritten beside the old one
+    and swapped in by rename; the audit line names the user only by a hash and carries
+    none of their events.
     """
     changed: list[str] = []
-    for version in store.versions():
-        loaded = store.load(version)
-        position = np.flatnonzero(loaded.user_ids == user_id)
-        if not len(position):
-            continue
-        keep = np.ones(len(loaded.user_ids), dtype=bool)
-        keep[position] = False
-        model = loaded.model
-        model.user_items = model.user_items[keep]
-        if model.user_factors is not None:
-            model.user_factors = np.ascontiguousarray(model.user_factors[keep])
-        meta = {k: v for k, v in loaded.manifest.items() if k not in ("files", "version")}
-        staging = ModelStore(store.root / f"{_INCOMING}forget-{secrets.token_hex(4)}")
-        _, written = staging.write(
-            model, loaded.user_ids[keep], loaded.item_ids, meta, version, loaded.extras
-        )
-        retired = store.root / f"{_INCOMING}retired-{version}-{secrets.token_hex(4)}"
-        (store.root / version).rename(retired)
-        written.rename(store.root / version)
-        _fsync_dir(store.root)
-        shutil.rmtree(retired, ignore_errors=True)
-        shutil.rmtree(staging.root, ignore_errors=True)
-        changed.append(version)
+    for part in store.guide_stores():
+        for version in part.versions():
+            if _forget_in(part, version, user_id):
+                changed.append(version)
     store.root.mkdir(parents=True, exist_ok=True)
     with (store.root / FORGOTTEN_USERS).open("a") as handle:
         handle.write(user_id + "\n")
@@ -265,6 +346,32 @@ def forget_user(store: ModelStore, user_id: str) -> list[str]:
     with (store.root / AUDIT_LOG).open("a") as handle:
         handle.write(json.dumps(audit) + "\n")
     return changed
+
+
+def _forget_in(store: ModelStore, version: str, user_id: str) -> bool:
+    loaded = store.load(version)
+    position = np.flatnonzero(loaded.user_ids == user_id)
+    if not len(position):
+        return False
+    keep = np.ones(len(loaded.user_ids), dtype=bool)
+    keep[position] = False
+    model = loaded.model
+    model.user_items = model.user_items[keep]
+    if model.user_factors is not None:
+        model.user_factors = np.ascontiguousarray(model.user_factors[keep])
+    meta = {k: v for k, v in loaded.manifest.items() if k not in ("files", "version")}
+    home = store.home
+    staging = ModelStore(home / f"{_INCOMING}forget-{secrets.token_hex(4)}")
+    _, written = staging.write(
+        model, loaded.user_ids[keep], loaded.item_ids, meta, version, loaded.extras
+    )
+    retired = home / f"{_INCOMING}retired-{version}-{secrets.token_hex(4)}"
+    (home / version).rename(retired)
+    written.rename(home / version)
+    _fsync_dir(home)
+    shutil.rmtree(retired, ignore_errors=True)
+    shutil.rmtree(staging.root, ignore_errors=True)
+    return True
 
 
 def forgotten_users(root: Path) -> list[str]:

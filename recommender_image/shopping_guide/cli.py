@@ -13,6 +13,7 @@ from pathlib import Path
 from shopping_guide_contracts import training_result
 
 from .algorithms import ALGORITHMS
+from .artifacts import parse_guide
 from .catalog import CatalogSchema
 from .errors import ConfigError, ShoppingGuideError
 from .events import FORMATS, EventSchema
@@ -44,6 +45,19 @@ def _event_weights(values: Sequence[str]) -> dict[str, float]:
         except ValueError as exc:
             raise ConfigError(f"event weight for {name!r} must be a number, got {raw!r}") from exc
     return weights
+
+
+def _add_guide(group: argparse._ActionsContainer) -> None:
+    group.add_argument(
+        "--guide",
+        metavar="NAMESPACE/NAME",
+        help="the guide's own directory of the store, <store>/guides/NAMESPACE/NAME; versions "
+        "of the flat layout of earlier releases are still found (default: the flat layout)",
+    )
+
+
+def _versions(values: Sequence[str]) -> list[str]:
+    return [v.strip() for raw in values for v in raw.split(",") if v.strip()]
 
 
 def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -135,8 +149,21 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="share of the content score in the hybrid score (0: pure CF)",
     )
     store = p.add_argument_group("model store")
+    _add_guide(store)
     store.add_argument("--keep", type=int, default=5, help="versions to keep")
-    store.add_argument("--protect", action="append", default=[], help="version never pruned")
+    store.add_argument(
+        "--protect",
+        action="append",
+        default=[],
+        metavar="VERSION[,VERSION...]",
+        help="versions never pruned (repeatable)",
+    )
+    store.add_argument(
+        "--routing",
+        type=Path,
+        help="routing file: the versions it routes when the run prunes are never pruned "
+        "(missing: none yet; unreadable: no pruning)",
+    )
     p.add_argument(
         "--termination-log",
         type=Path,
@@ -153,6 +180,8 @@ def _title_price(value: str | None) -> tuple[str, str | None] | None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    if args.guide is not None:
+        parse_guide(args.guide)  # before hours of training, not after
     schema = EventSchema(
         user_col=args.user_col,
         item_col=args.item_col,
@@ -186,7 +215,9 @@ def _run_train(args: argparse.Namespace) -> int:
         tune_trials=args.tune_trials,
         champion=args.champion,
         keep=args.keep,
-        protect=args.protect,
+        protect=_versions(args.protect),
+        guide=args.guide,
+        routing=args.routing,
         refit=args.refit,
         ann_min_items=args.ann_min_items or None,
         catalog=args.catalog,
@@ -212,6 +243,7 @@ def _run_train(args: argparse.Namespace) -> int:
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="serve recommendations over HTTP")
     p.add_argument("--model-store", type=Path, required=True)
+    _add_guide(p)
     p.add_argument(
         "--routing",
         type=Path,
@@ -261,7 +293,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from .serving.registry import Registry
 
     registry = Registry(
-        ModelStore(args.model_store),
+        ModelStore(args.model_store, args.guide),
         args.routing,
         ann_min_items=args.ann_min_items or None,
     )
@@ -283,7 +315,9 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _add_forget(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("forget-user", help="remove a user from every stored model version")
+    p = sub.add_parser(
+        "forget-user", help="remove a user from every stored model version, every guide's"
+    )
     p.add_argument("--model-store", type=Path, required=True)
     p.add_argument("user_id")
     p.set_defaults(handler=_run_forget)

@@ -51,6 +51,10 @@ class TrainConfig:
     champion: str | None = None
     keep: int = 5
     protect: Sequence[str] = ()
+    # `NAMESPACE/NAME`: the guide whose directory of the store this run writes and prunes.
+    guide: str | None = None
+    # A routing file: what it routes when the run prunes is never pruned.
+    routing: Path | None = None
     refit: bool = False
     ann_min_items: int | None = 200_000
     catalog: Path | None = None
@@ -157,7 +161,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     popularity = evaluate(Model.popularity_baseline(holdout.train.matrix), holdout, users, config.k)
     mark = lap("evaluate", mark)
 
-    store = ModelStore(config.model_store)
+    store = ModelStore(config.model_store, config.guide)
     champion: dict[str, Any] | None = None
     champion_error: str | None = None
     if config.champion:
@@ -223,7 +227,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
         },
         extras=extras,
     )
-    store.prune(config.keep, {*config.protect, *([config.champion] if config.champion else [])})
+    store.prune(
+        config.keep,
+        {version, *config.protect, *([config.champion] if config.champion else [])},
+        routing=config.routing,
+    )
     lap("write", mark)
     timings["total"] = round(time.perf_counter() - started, 3)
 

@@ -1,4 +1,4 @@
-"""The model store: atomic versions, verification on load, retention."""
+"""The model store: atomic versions, verification on load, retention, one directory per guide."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from shopping_guide.algorithms import fit
-from shopping_guide.artifacts import ModelStore
-from shopping_guide.errors import ArtifactError
+from shopping_guide.artifacts import ModelStore, forget_user, forgotten_users
+from shopping_guide.errors import ArtifactError, ConfigError
 from shopping_guide.events import EventSchema, load_events
 from shopping_guide.interactions import Interactions, build_interactions
 from shopping_guide.model import Model
@@ -128,3 +128,70 @@ def test_retention_keeps_newest_and_protected(
     assert not list(tmp_path.glob(".incoming-*"))
     with pytest.raises(ArtifactError):
         store.prune(keep=0)
+
+
+def test_guides_sharing_a_store_prune_only_their_own(
+    tmp_path: Path, model: Model, data: Interactions
+) -> None:
+    # Two guides of one name in two namespaces, and a second guide: one claim for all three.
+    mine, same_name, other = (
+        ModelStore(tmp_path, g) for g in ("shop/storefront", "outlet/storefront", "shop/b2b")
+    )
+    theirs = {
+        store.guide: [write(store, model, data) for _ in range(2)] for store in (same_name, other)
+    }
+    own = [write(mine, model, data) for _ in range(3)]
+    assert mine.prune(keep=1) == own[:2]
+    assert mine.versions() == own[2:]
+    assert (tmp_path / "guides" / "shop" / "storefront" / own[2]).is_dir()
+    for store in (same_name, other):
+        assert store.versions() == theirs[store.guide]
+        for version in theirs[store.guide]:
+            store.load(version)
+    assert json.loads((mine.path(own[2]) / "manifest.json").read_text())["guide"] == (
+        "shop/storefront"
+    )
+
+
+def test_the_flat_layout_of_an_earlier_release_keeps_serving(
+    tmp_path: Path, model: Model, data: Interactions
+) -> None:
+    flat = ModelStore(tmp_path)
+    old = [write(flat, model, data) for _ in range(2)]
+    guide = ModelStore(tmp_path, "shop/storefront")
+    assert guide.load(old[0]).path == tmp_path / old[0]  # found where the old release wrote it
+    new = [write(guide, model, data) for _ in range(2)]
+    assert guide.versions() == new
+    # A guide's pruning never reaches the flat layout: whose a flat version is, is unknown.
+    assert guide.prune(keep=1) == new[:1]
+    assert flat.versions() == old
+    # A store opened without a guide (a server not yet told its guide) finds both layouts.
+    assert flat.load(new[1]).path == guide.home / new[1]
+    assert flat.load(old[1]).path == tmp_path / old[1]
+    with pytest.raises(ArtifactError, match=r"not found in .*guides/shop/storefront or"):
+        guide.load("v-nope")
+
+
+def test_forget_user_reaches_every_guide_and_the_flat_layout(
+    tmp_path: Path, model: Model, data: Interactions
+) -> None:
+    user = str(data.user_ids[0])
+    stores = [ModelStore(tmp_path), ModelStore(tmp_path, "shop/a"), ModelStore(tmp_path, "x/a")]
+    versions = [write(store, model, data) for store in stores]
+    assert sorted(forget_user(stores[1], user)) == sorted(versions)
+    for store, version in zip(stores, versions, strict=True):
+        assert user not in set(store.load(version).user_ids)
+        assert store.versions() == [version]
+    assert forgotten_users(tmp_path) == [user]
+
+
+@pytest.mark.parametrize("guide", ["storefront", "shop/../x", "shop/a/b", "Shop/a", "/a", ".."])
+def test_a_guide_is_namespace_slash_name(tmp_path: Path, guide: str) -> None:
+    with pytest.raises(ConfigError, match="NAMESPACE/NAME"):
+        ModelStore(tmp_path, guide)
+
+
+@pytest.mark.parametrize("version", ["../v1", "a/b", ".incoming-x", "guides", ""])
+def test_a_version_is_one_plain_path_segment(tmp_path: Path, version: str) -> None:
+    with pytest.raises(ArtifactError, match="not a model version name"):
+        ModelStore(tmp_path, "shop/a").load(version)

@@ -202,3 +202,38 @@ def test_forget_user_reaches_every_version_and_the_next_training(
     result = json.loads(capsys.readouterr().out)
     assert result["data"]["users"] == 59
     assert "a-user-3" not in set(models.load(result["version"]).user_ids)
+
+
+def test_a_guide_trains_into_its_own_directory_against_a_flat_champion(
+    two_taste_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "models"
+    common = ["train", "--events", str(two_taste_csv), "--model-store", str(store)]
+    common += ["--algorithm", "itemknn", "--keep", "1"]
+    assert main(common) == 0  # the earlier release: the flat layout
+    flat = json.loads(capsys.readouterr().out)["version"]
+    for _ in range(2):
+        assert main([*common, "--guide", "shop/storefront", "--champion", flat]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "champion_error" not in result and result["champion"]["version"] == flat
+    assert Path(result["artifact"]) == store / "guides" / "shop" / "storefront" / result["version"]
+    assert ModelStore(store, "shop/storefront").versions() == [result["version"]]
+    assert ModelStore(store).versions() == [flat]  # never pruned by a guide
+
+
+def test_a_bad_guide_fails_before_training(two_taste_csv: Path, tmp_path: Path) -> None:
+    done = run(
+        ["--events", str(two_taste_csv), "--model-store", str(tmp_path / "m"), "--guide", "../x"]
+    )
+    assert done.returncode == 1
+    assert "guide must be NAMESPACE/NAME" in done.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_serve_takes_the_guide() -> None:
+    from shopping_guide.cli import build_parser
+
+    parsed = build_parser().parse_args(
+        ["serve", "--model-store", "/models", "--routing", "r.json", "--guide", "shop/a"]
+    )
+    assert parsed.guide == "shop/a"

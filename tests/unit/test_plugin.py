@@ -128,3 +128,40 @@ def test_bad_usage_exits_2_with_the_commands_help(capsys: pytest.CaptureFixture[
         plugin.parse_args(["rollback", "storefront"])
     assert exited.value.code == 2
     assert "--to" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("version", "why"),
+    [
+        ("v9", "v9 was never stable in this guide's history (versions that were: v1)"),
+        ("v2", "v2 was never stable"),  # a canary that never became stable
+    ],
+)
+def test_rollback_to_a_version_never_stable_is_refused(
+    version: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    guides = FakeGuides(GUIDE)
+    assert plugin.main(["-n", "shop", "rollback", "storefront", "--to", version], guides) == 1
+    err = capsys.readouterr().err
+    assert f"Error: cannot roll storefront back to {version}: {why}" in err
+    assert guides.patches == []
+
+
+def test_rollback_while_pinned_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    pinned = {**GUIDE, "spec": {"model": {"algorithm": "als", "pinnedVersion": "v1"}}}
+    guides = FakeGuides(pinned)
+    assert plugin.main(["rollback", "storefront", "--to", "v1"], guides) == 1
+    assert "serving is pinned to v1" in capsys.readouterr().err
+    assert guides.patches == []
+
+
+def test_rollback_to_a_restored_version_or_the_stable_one() -> None:
+    status = {
+        **GUIDE["status"],
+        "stable": {"version": "v5"},
+        "history": [{"version": "v3", "outcome": "Restored"}],
+    }
+    guides = FakeGuides({**GUIDE, "status": status})
+    for version in ("v3", "v5"):
+        assert plugin.main(["rollback", "storefront", "--to", version], guides) == 0
+    assert [next(iter(a.values())).split("@")[0] for _, _, a in guides.patches] == ["v3", "v5"]

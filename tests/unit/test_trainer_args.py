@@ -41,3 +41,14 @@ def test_without_a_catalogue_no_catalogue_flags() -> None:
     args = trainer_args(guide(), champion=None)
     parsed = build_parser().parse_args(args)
     assert parsed.catalog_from_events is None and parsed.exclude_items == ""
+
+
+def test_the_store_arguments_reach_the_trainer() -> None:
+    body = copy.deepcopy(BASE)
+    body["spec"]["model"]["pinnedVersion"] = "v0"
+    args = trainer_args(Guide.parse(body), champion="v1", protect=["v2", "v1"])
+    parsed = build_parser().parse_args(args)
+    assert parsed.guide == "shop/storefront"
+    assert parsed.protect == ["v0", "v1", "v2"]  # the pin, the champion, the list: once each
+    assert str(parsed.routing) == "/etc/shopping-guide/routing/routing.json"
+    assert parsed.keep == 4

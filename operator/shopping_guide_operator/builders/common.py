@@ -30,6 +30,12 @@ def job_name(guide: Guide, run_key: str, attempt: int) -> str:
     return f"{guide.name}-train-{run_key[:8]}-{attempt}"
 
 
+def guide_store_args(guide: Guide) -> list[str]:
+    """The recommender's `--guide`: the guide's own directory of a model store that other
+    guides may share (`<store>/guides/<namespace>/<name>`), for the trainer and the server."""
+    return ["--guide", f"{guide.namespace}/{guide.name}"]
+
+
 def labels(guide: Guide, component: str) -> dict[str, str]:
     return {
         LABEL_NAME: APP_NAME,

@@ -2,9 +2,20 @@
 
 The trainer writes its JSON result to the termination log, so the operator reads the result
 from the finished pod's status without any shared storage or log scraping.
+
+The trainer writes into and prunes only its guide's directory of the model store (`--guide`),
+and never prunes what the guide may still route: the versions `protected_versions` lists
+(passed as `--protect`), and whatever the routing ConfigMap, mounted in the pod and read when
+the run prunes, routes then. The CronJob is rebuilt and re-applied on every pass, so its
+`--protect` list follows the status; the routing file covers what changed while a run ran.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from shopping_guide_contracts.routing import CONFIGMAP_KEY
 
 from ..constants import (
     ANNOTATION_SPEC_HASH,
@@ -13,6 +24,7 @@ from ..constants import (
     LABEL_RUN,
     LABEL_TRIGGER,
     MODEL_MOUNT,
+    ROUTING_MOUNT,
     TERMINATION_LOG,
     TRAINER_CONTAINER,
 )
@@ -20,12 +32,14 @@ from ..spec import JSON, Guide
 from .common import (
     container_security_context,
     cronjob_name,
+    guide_store_args,
     job_name,
     labels,
     metadata,
     placement,
     pod_security_context,
     pull_secrets,
+    routing_configmap_name,
     tmp_volume,
 )
 
@@ -34,11 +48,37 @@ TRIGGER_SCHEDULE = "schedule"
 FINISHED_JOB_TTL_SECONDS = 86400
 
 
+# History outcomes after which a version was stable: what `rollback --to` may restore.
+STABLE_OUTCOMES = ("Promoted", "Restored")
+
+
 def _number(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def trainer_args(guide: Guide, champion: str | None) -> list[str]:
+def protected_versions(guide: Guide, status: Mapping[str, Any] | None) -> list[str]:
+    """What a run must not prune: the pin, the stable and canary versions, the last canary
+    (`retry` runs it again), what the routing serves, and every version of the history that
+    was stable (a `rollback --to` target)."""
+    status = status or {}
+    routing = status.get("routing") or {}
+    found: list[Any] = [
+        guide.pinned_version,
+        (status.get("stable") or {}).get("version"),
+        (status.get("canary") or {}).get("version"),
+        (status.get("lastCanary") or {}).get("version"),
+        routing.get("stable"),
+        routing.get("canary"),
+    ]
+    found += [
+        entry.get("version")
+        for entry in status.get("history") or []
+        if isinstance(entry, Mapping) and entry.get("outcome") in STABLE_OUTCOMES
+    ]
+    return sorted({v for v in found if isinstance(v, str) and v})
+
+
+def trainer_args(guide: Guide, champion: str | None, protect: Iterable[str] = ()) -> list[str]:
     data, training = guide.data, guide.training
     args = ["train", "--events", f"{DATA_MOUNT}/{data.path}"]
     if data.format:
@@ -86,28 +126,36 @@ def trainer_args(guide: Guide, champion: str | None) -> list[str]:
             args += ["--tune-trials", _number(tune["trials"])]
         if training.gate.metric.startswith("ndcg@"):
             args += ["--metric", training.gate.metric]
-    args += ["--keep", _number(guide.keep)]
+    args += [*guide_store_args(guide), "--keep", _number(guide.keep)]
     if champion:
         # Scored on the same holdout, so the gate compares like for like; never pruned.
-        args += ["--champion", champion, "--protect", champion]
+        args += ["--champion", champion]
+    kept = {*protect, *(v for v in (champion, guide.pinned_version) if v)}
+    for version in sorted(kept):
+        args += ["--protect", version]
+    args += ["--routing", f"{ROUTING_MOUNT}/{CONFIGMAP_KEY}"]
     args += ["--termination-log", TERMINATION_LOG]
     return args
 
 
-def pod_template(guide: Guide, champion: str | None, pod_labels: dict[str, str]) -> JSON:
+def pod_template(
+    guide: Guide, champion: str | None, pod_labels: dict[str, str], protect: Iterable[str] = ()
+) -> JSON:
     tmp, tmp_mount = tmp_volume()
     container: JSON = {
         "name": TRAINER_CONTAINER,
         "image": guide.image,
         "imagePullPolicy": guide.image_pull_policy,
         "command": ["shopping-guide"],
-        "args": trainer_args(guide, champion),
+        "args": trainer_args(guide, champion, protect),
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "File",
         "securityContext": container_security_context(),
         "volumeMounts": [
             {"name": "data", "mountPath": DATA_MOUNT, "readOnly": True},
             {"name": "models", "mountPath": MODEL_MOUNT},
+            # Read when the run prunes: what serves then is never pruned.
+            {"name": "routing", "mountPath": ROUTING_MOUNT, "readOnly": True},
             tmp_mount,
         ],
     }
@@ -126,6 +174,11 @@ def pod_template(guide: Guide, champion: str | None, pod_labels: dict[str, str])
                     "persistentVolumeClaim": {"claimName": guide.data.claim, "readOnly": True},
                 },
                 {"name": "models", "persistentVolumeClaim": {"claimName": guide.model_store_claim}},
+                # Optional: the first run may start before the operator wrote any routing.
+                {
+                    "name": "routing",
+                    "configMap": {"name": routing_configmap_name(guide), "optional": True},
+                },
                 tmp,
             ],
             **placement(guide.training.placement),
@@ -134,18 +187,28 @@ def pod_template(guide: Guide, champion: str | None, pod_labels: dict[str, str])
     }
 
 
-def job_spec(guide: Guide, champion: str | None, pod_labels: dict[str, str]) -> JSON:
+def job_spec(
+    guide: Guide, champion: str | None, pod_labels: dict[str, str], protect: Iterable[str] = ()
+) -> JSON:
     return {
         # One pod per attempt: the operator retries with its own backoff, reading each
         # failure's reason from the pod's termination message.
         "backoffLimit": 0,
         "activeDeadlineSeconds": guide.training.active_deadline_seconds,
         "ttlSecondsAfterFinished": FINISHED_JOB_TTL_SECONDS,
-        "template": pod_template(guide, champion, pod_labels),
+        "template": pod_template(guide, champion, pod_labels, protect),
     }
 
 
-def build_job(guide: Guide, run_key: str, attempt: int, trigger: str, champion: str | None) -> JSON:
+def build_job(
+    guide: Guide,
+    run_key: str,
+    attempt: int,
+    trigger: str,
+    champion: str | None,
+    status: Mapping[str, Any] | None = None,
+) -> JSON:
+    """`status`, the guide's status now, names the versions the run must not prune."""
     run_labels = {
         **labels(guide, COMPONENT_TRAINING),
         LABEL_RUN: run_key[:16],
@@ -161,11 +224,15 @@ def build_job(guide: Guide, run_key: str, attempt: int, trigger: str, champion: 
             labels=run_labels,
             annotations={ANNOTATION_SPEC_HASH: guide.model_spec_hash()},
         ),
-        "spec": job_spec(guide, champion, run_labels),
+        "spec": job_spec(guide, champion, run_labels, protected_versions(guide, status)),
     }
 
 
-def build_cronjob(guide: Guide, champion: str | None) -> JSON | None:
+def build_cronjob(
+    guide: Guide, champion: str | None, status: Mapping[str, Any] | None = None
+) -> JSON | None:
+    """Rebuilt on every pass from the status then, so that scheduled runs protect what the
+    status names now; re-applied whenever that changes."""
     schedule = guide.training.schedule
     if not schedule:
         return None
@@ -179,7 +246,7 @@ def build_cronjob(guide: Guide, champion: str | None) -> JSON | None:
         "failedJobsHistoryLimit": 3,
         "jobTemplate": {
             "metadata": {"labels": run_labels},
-            "spec": job_spec(guide, champion, run_labels),
+            "spec": job_spec(guide, champion, run_labels, protected_versions(guide, status)),
         },
     }
     if guide.training.time_zone:
