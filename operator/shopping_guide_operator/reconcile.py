@@ -254,7 +254,7 @@ def reconcile(
     status["training"] = step.training
     if step.create is not None:
         job = build_job(
-            guide, step.create.run_key, step.create.attempt, step.create.trigger, stable
+            guide, step.create.run_key, step.create.attempt, step.create.trigger, stable, status
         )
         error = _create_job(cluster, job, guide)
         if error is None:
@@ -290,7 +290,7 @@ def reconcile(
 
     wanted: list[JSON] = [build_routing_configmap(guide, routing), build_service(guide)]
     absent: list[tuple[str, str]] = []
-    cronjob = build_cronjob(guide, stable)
+    cronjob = build_cronjob(guide, stable, status)
     suspend = False
     if cronjob is not None and (step.create is not None or _on_demand_active(step, jobs)):
         # One training at a time: no scheduled run while an on-demand one trains.

@@ -11,9 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from shopping_guide_operator.prometheus_provider import MeasurementError, PrometheusProvider
+from shopping_guide_operator.prometheus_provider import (
+    AllowList,
+    MeasurementError,
+    PrometheusProvider,
+)
 from tests.conftest import prometheus_binary
 from tests.server.conftest import Server, free_port
+
+# The test Prometheus runs on this host, outside the operator's default allow-list.
+LOCAL = AllowList.parse(["http://127.0.0.1:*"])
 
 SELECTOR = {"shoppingguide": "storefront"}
 
@@ -61,7 +68,7 @@ def test_measures_each_version_as_served(server: Server, prometheus: str) -> Non
          "salt": "s1", "generation": 7}
     )  # fmt: skip
     server.wait_for(lambda: server.metric("shopping_guide_routing_generation") == 7)
-    provider = PrometheusProvider(prometheus, SELECTOR)
+    provider = PrometheusProvider(prometheus, SELECTOR, allowed=LOCAL)
     server.wait_for(lambda: asyncio.run(provider.generation_applied()) == 7, timeout=30)
 
     served = {models.als: 0, models.knn: 0}
@@ -113,6 +120,6 @@ def test_measures_each_version_as_served(server: Server, prometheus: str) -> Non
 
 
 def test_unreachable_prometheus_is_a_measurement_error() -> None:
-    provider = PrometheusProvider(f"http://127.0.0.1:{free_port()}", SELECTOR, 2.0)
+    provider = PrometheusProvider(f"http://127.0.0.1:{free_port()}", SELECTOR, 2.0, LOCAL)
     with pytest.raises(MeasurementError, match="unreachable"):
         asyncio.run(provider.measure("v1", 60))
