@@ -70,7 +70,9 @@ class Cluster(Protocol):
     def create(self, obj: JSON) -> JSON: ...
     def apply(self, obj: JSON) -> JSON: ...
     def delete(self, kind: str, namespace: str, name: str) -> None: ...
-    def patch_status(self, namespace: str, name: str, patch: JSON) -> JSON: ...
+    def patch_status(
+        self, namespace: str, name: str, patch: JSON, resource_version: str | None
+    ) -> JSON: ...
 
 
 def _api_error(exc: ApiException) -> ApiError:
@@ -225,13 +227,20 @@ class ApiCluster:
             if exc.status != 404:
                 raise
 
-    def patch_status(self, namespace: str, name: str, patch: JSON) -> JSON:
+    def patch_status(
+        self, namespace: str, name: str, patch: JSON, resource_version: str | None
+    ) -> JSON:
+        """A merge patch of the status; with `resource_version`, refused (`ConflictError`)
+        when the guide changed since it was read, so a stale pass never overwrites."""
+        body = dict(patch)
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         status = self._resource("ShoppingGuide").subresources["status"]
         return self._call(
             True,
             "patch",
             status,
-            body=patch,
+            body=body,
             name=name,
             namespace=namespace,
             content_type="application/merge-patch+json",
@@ -255,6 +264,24 @@ def ensure(cluster: Cluster, desired: JSON, owner_uid: str) -> tuple[JSON, bool]
     if live is not None and holds(desired, live):
         return live, False
     return cluster.apply(desired), True
+
+
+def create_owned(cluster: Cluster, obj: JSON, owner_uid: str) -> JSON:
+    """Create `obj`; when its name is taken, the existing object if it is ours (an earlier
+    pass or attempt created it), `NotOwnedError` if it is not."""
+    meta = obj["metadata"]
+    try:
+        return cluster.create(obj)
+    except ConflictError:
+        live = cluster.get(obj["kind"], meta["namespace"], meta["name"])
+        if live is None:  # deleted in between: one more try
+            return cluster.create(obj)
+    if not owned_by(live, owner_uid):
+        raise NotOwnedError(
+            f"{obj['kind']} {meta['name']} already exists and is not owned by this "
+            "ShoppingGuide; rename or delete it"
+        )
+    return live
 
 
 def ensure_absent(cluster: Cluster, kind: str, namespace: str, name: str, owner_uid: str) -> bool:

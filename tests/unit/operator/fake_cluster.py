@@ -1,4 +1,8 @@
-"""An in-memory `Cluster`: enough API server semantics for reconcile's unit tests."""
+"""An in-memory `Cluster`: enough API server semantics for reconcile's unit tests.
+
+Every change bumps a cluster-wide resourceVersion, and a status patch that names a stale one
+is refused with 409, as optimistic concurrency does.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,10 @@ import copy
 import itertools
 from typing import Any
 
-from shopping_guide_operator.kube import ApiError
+from shopping_guide_operator.kube import ApiError, ConflictError
 
 JSON = dict[str, Any]
+Key = tuple[str, str, str]
 _uids = itertools.count(1)
 
 
@@ -27,13 +32,18 @@ def _merge(base: Any, patch: Any) -> Any:
 
 class FakeCluster:
     def __init__(self) -> None:
-        self.objects: dict[tuple[str, str, str], JSON] = {}
+        self.objects: dict[Key, JSON] = {}
         self.writes = 0
+        self._versions = itertools.count(1)
+
+    def _bump(self, obj: JSON) -> None:
+        obj["metadata"]["resourceVersion"] = str(next(self._versions))
 
     def put(self, obj: JSON) -> JSON:
         meta = obj.setdefault("metadata", {})
         meta.setdefault("uid", f"uid-{next(_uids)}")
         meta.setdefault("generation", 1)
+        self._bump(obj)
         self.objects[(obj["kind"], meta["namespace"], meta["name"])] = obj
         return obj
 
@@ -54,7 +64,7 @@ class FakeCluster:
         self.writes += 1
         meta = obj["metadata"]
         if (obj["kind"], meta["namespace"], meta["name"]) in self.objects:
-            raise ApiError(409, "already exists")
+            raise ConflictError(409, f"{obj['kind']} {meta['name']} already exists")
         return copy.deepcopy(self.put(copy.deepcopy(obj)))
 
     def apply(self, obj: JSON) -> JSON:
@@ -65,8 +75,10 @@ class FakeCluster:
         if live is None:
             return copy.deepcopy(self.put(copy.deepcopy(obj)))
         merged = _merge(live, obj)
-        if merged.get("spec") != live.get("spec"):
-            merged["metadata"]["generation"] = live["metadata"]["generation"] + 1
+        if merged != live:
+            if merged.get("spec") != live.get("spec"):
+                merged["metadata"]["generation"] = live["metadata"]["generation"] + 1
+            self._bump(merged)
         self.objects[key] = merged
         return copy.deepcopy(merged)
 
@@ -74,16 +86,26 @@ class FakeCluster:
         self.writes += 1
         self.objects.pop((kind, namespace, name), None)
 
-    def patch_status(self, namespace: str, name: str, patch: JSON) -> JSON:
+    def patch_status(
+        self, namespace: str, name: str, patch: JSON, resource_version: str | None
+    ) -> JSON:
         self.writes += 1
-        key = ("ShoppingGuide", namespace, name)
-        guide = self.objects[key]
+        guide = self.objects.get(("ShoppingGuide", namespace, name))
+        if guide is None:
+            raise ApiError(404, f"shoppingguides {name} not found")
+        if resource_version is not None and resource_version != guide["metadata"].get(
+            "resourceVersion"
+        ):
+            raise ConflictError(409, "the object has been modified; please apply your changes")
         guide["status"] = _merge(guide.get("status") or {}, patch["status"])
+        self._bump(guide)
         return copy.deepcopy(guide)
 
     # Test helpers: what controllers and kubelets would do.
 
-    def finish_job(self, namespace: str, name: str, message: str, ok: bool = True) -> None:
+    def finish_job(
+        self, namespace: str, name: str, message: str, ok: bool = True, pod: str | None = None
+    ) -> None:
         job = self.objects[("Job", namespace, name)]
         condition = {
             "type": "Complete" if ok else "Failed",
@@ -94,13 +116,18 @@ class FakeCluster:
         job["status"] = {"startTime": "2026-01-01T00:00:00Z", "conditions": [condition]}
         if ok:
             job["status"]["completionTime"] = "2026-01-01T00:00:10Z"
+        self._bump(job)
         self.put(
             {
                 "kind": "Pod",
                 "metadata": {
-                    "name": f"{name}-pod",
+                    "name": pod or f"{name}-pod",
                     "namespace": namespace,
-                    "labels": {"batch.kubernetes.io/job-name": name},
+                    # What the Job controller puts on its pods.
+                    "labels": {
+                        "batch.kubernetes.io/job-name": name,
+                        "batch.kubernetes.io/controller-uid": job["metadata"]["uid"],
+                    },
                     "creationTimestamp": "2026-01-01T00:00:00Z",
                 },
                 "status": {
@@ -120,3 +147,4 @@ class FakeCluster:
             "updatedReplicas": replicas,
             "conditions": [{"type": "Available", "status": "True"}],
         }
+        self._bump(deployment)
