@@ -1,13 +1,16 @@
 """The thin layer that talks to the API server: get, list, create, apply, delete, status.
 
-Manifests are plain dicts both ways. Writes go through server-side apply with one field
-manager, and only when `compare.holds` says the live object differs, so a converged
-ShoppingGuide costs reads only. `Cluster` is a Protocol so reconcile can be driven by an
+Manifests are plain dicts both ways. Children are written with server-side apply under one
+field manager, so the API server decides what changed, removed fields included. A converged
+ShoppingGuide costs reads only: each applied child carries the hash of the manifest it was
+applied from, and `ensure` skips the apply while that hash is unchanged and the live object
+still holds every field we set. `Cluster` is a Protocol so reconcile can be driven by an
 in-memory fake in unit tests.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import threading
@@ -23,10 +26,15 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.utils import Backoff, on_retry_after_error
 
 from .compare import holds, merge_patch
-from .constants import API_VERSION, FIELD_MANAGER
+from .constants import API_VERSION, FIELD_MANAGER, GROUP
 
 JSON = dict[str, Any]
 T = TypeVar("T")
+
+# The hash of the desired manifest a child was last applied from (computed without itself).
+APPLIED_HASH = f"{GROUP}/applied-hash"
+# Takes spec.replicas over from our manager when autoscaling starts, keeping its value.
+HANDOFF_MANAGER = "shopping-guide-handoff"
 
 # kind -> apiVersion of every kind the operator reads or writes; the paths come from discovery.
 API_VERSIONS: dict[str, str] = {
@@ -68,7 +76,7 @@ class Cluster(Protocol):
     def get(self, kind: str, namespace: str, name: str) -> JSON | None: ...
     def list(self, kind: str, namespace: str, labels: dict[str, str]) -> list[JSON]: ...
     def create(self, obj: JSON) -> JSON: ...
-    def apply(self, obj: JSON) -> JSON: ...
+    def apply(self, obj: JSON, field_manager: str = FIELD_MANAGER) -> JSON: ...
     def delete(self, kind: str, namespace: str, name: str) -> None: ...
     def patch_status(
         self, namespace: str, name: str, patch: JSON, resource_version: str | None
@@ -202,14 +210,14 @@ class ApiCluster:
             namespace=obj["metadata"]["namespace"],
         )
 
-    def apply(self, obj: JSON) -> JSON:
+    def apply(self, obj: JSON, field_manager: str = FIELD_MANAGER) -> JSON:
         return self._call(
             True,
             "server_side_apply",
             self._resource(obj["kind"]),
             body=obj,
             namespace=obj["metadata"]["namespace"],
-            field_manager=FIELD_MANAGER,
+            field_manager=field_manager,
             force_conflicts=True,
         )
 
@@ -252,6 +260,55 @@ def owned_by(obj: JSON, uid: str) -> bool:
     return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
 
 
+def applied_hash(desired: JSON) -> str:
+    canonical = json.dumps(desired, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def _stamped(desired: JSON) -> JSON:
+    digest = applied_hash(desired)
+    meta = dict(desired["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}), APPLIED_HASH: digest}
+    return {**desired, "metadata": meta}
+
+
+def _owns(live: JSON, manager: str, path: tuple[str, ...]) -> bool:
+    """Whether `manager`'s apply owns the field at `path`, by the live managedFields."""
+    for entry in live.get("metadata", {}).get("managedFields") or []:
+        if entry.get("manager") != manager or entry.get("operation") != "Apply":
+            continue
+        fields: Any = entry.get("fieldsV1") or {}
+        for key in path:
+            fields = fields.get(f"f:{key}") if isinstance(fields, dict) else None
+        if fields is not None:
+            return True
+    return False
+
+
+def _hand_off_replicas(cluster: Cluster, desired: JSON, live: JSON) -> None:
+    """Autoscaling starts: the desired object stops setting spec.replicas. Applied as is, the
+    API server would drop the field we own and reset it to its default (1). Kubernetes'
+    documented way out: a second manager applies the current value first, so it stays
+    owned and unchanged when ours lets go of it; the HPA takes it over from there."""
+    replicas = (live.get("spec") or {}).get("replicas")
+    if (
+        "replicas" in (desired.get("spec") or {})
+        or not isinstance(replicas, int)
+        or not _owns(live, FIELD_MANAGER, ("spec", "replicas"))
+    ):
+        return
+    meta = desired["metadata"]
+    cluster.apply(
+        {
+            "apiVersion": desired["apiVersion"],
+            "kind": desired["kind"],
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+            "spec": {"replicas": replicas},
+        },
+        field_manager=HANDOFF_MANAGER,
+    )
+
+
 def ensure(cluster: Cluster, desired: JSON, owner_uid: str) -> tuple[JSON, bool]:
     """Make the live object hold `desired`; returns (live object, whether it wrote)."""
     meta = desired["metadata"]
@@ -261,9 +318,14 @@ def ensure(cluster: Cluster, desired: JSON, owner_uid: str) -> tuple[JSON, bool]
             f"{desired['kind']} {meta['name']} already exists and is not owned by this "
             "ShoppingGuide; rename or delete it"
         )
-    if live is not None and holds(desired, live):
-        return live, False
-    return cluster.apply(desired), True
+    stamped = _stamped(desired)
+    if live is not None:
+        annotations = live.get("metadata", {}).get("annotations") or {}
+        same = annotations.get(APPLIED_HASH) == stamped["metadata"]["annotations"][APPLIED_HASH]
+        if same and holds(stamped, live):
+            return live, False
+        _hand_off_replicas(cluster, desired, live)
+    return cluster.apply(stamped), True
 
 
 def create_owned(cluster: Cluster, obj: JSON, owner_uid: str) -> JSON:

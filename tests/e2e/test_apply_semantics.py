@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,18 +14,38 @@ import pytest
 import yaml
 from kubernetes import client
 
-from shopping_guide_operator.kube import ApiCluster, ConflictError, NotOwnedError, create_owned
-from tests.e2e.conftest import Kube
+from shopping_guide_operator.constants import FIELD_MANAGER
+from shopping_guide_operator.kube import ApiCluster, ensure
+from tests.e2e.conftest import FAKE_NODE_TOLERATION, ON_FAKE_NODES, Kube
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "shoppingguide.io_shoppingguides.yaml"
+IMAGE = "registry.invalid/shopping-guide/recommender"
+
+
+class Counted:
+    """The requests an ApiCluster sends, by method: counted around the client, not in it."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.methods: Counter[str] = Counter()
+        original = api.call_api
+
+        def call_api(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            self.methods[method] += 1
+            return original(method, url, *args, **kwargs)
+
+        api.call_api = call_api  # type: ignore[method-assign]
+
+    def writes(self) -> int:
+        return sum(n for method, n in self.methods.items() if method != "GET")
 
 
 @pytest.fixture
-def api(kube: Kube) -> Iterator[ApiCluster]:
-    client_ = client.ApiClient(kube.api.configuration)
-    yield ApiCluster(client_)
-    client_.close()  # type: ignore[no-untyped-call]
+def cluster(kube: Kube) -> Iterator[tuple[ApiCluster, Counted]]:
+    api = client.ApiClient(kube.api.configuration)
+    counted = Counted(api)
+    yield ApiCluster(api), counted
+    api.close()  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture
@@ -40,6 +61,125 @@ def owner(kube: Kube, namespace: str) -> dict[str, Any]:
         "uid": made["metadata"]["uid"],
         "controller": True,
     }
+
+
+def deployment(namespace: str, owner: dict[str, Any], **pod: Any) -> dict[str, Any]:
+    labels = {"app": "web"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "web",
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [owner],
+        },
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "recommender", "image": f"{IMAGE}:1"}], **pod},
+            },
+        },
+    }
+
+
+def live(kube: Kube, namespace: str) -> dict[str, Any]:
+    out = kube.kubectl(
+        "get", "deployment", "web", "-n", namespace, "-o", "json", "--show-managed-fields"
+    ).stdout
+    found: dict[str, Any] = json.loads(out)
+    return found
+
+
+def test_a_field_removed_from_the_desired_object_leaves_the_live_one(
+    kube: Kube, namespace: str, owner: dict[str, Any], cluster: tuple[ApiCluster, Counted]
+) -> None:
+    api, counted = cluster
+    placed = deployment(namespace, owner, **copy.deepcopy(ON_FAKE_NODES))
+    _, wrote = ensure(api, placed, owner["uid"])
+    assert wrote
+    pod = live(kube, namespace)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == ON_FAKE_NODES["nodeSelector"]
+    assert FAKE_NODE_TOLERATION in pod["tolerations"]
+
+    plain = deployment(namespace, owner)
+    _, wrote = ensure(api, plain, owner["uid"])
+    assert wrote
+    pod = live(kube, namespace)["spec"]["template"]["spec"]
+    assert "nodeSelector" not in pod
+    assert "tolerations" not in pod
+
+    # Converged: the same desired object again costs one read and no write. (The
+    # resourceVersion moves on regardless: the Deployment controller writes status.)
+    before = live(kube, namespace)["metadata"]["generation"]
+    counted.methods.clear()
+    _, wrote = ensure(api, plain, owner["uid"])
+    assert not wrote
+    assert counted.writes() == 0, counted.methods
+    assert counted.methods == Counter({"GET": 1})
+    assert live(kube, namespace)["metadata"]["generation"] == before
+
+
+def test_a_field_someone_else_changed_is_corrected(
+    kube: Kube, namespace: str, owner: dict[str, Any], cluster: tuple[ApiCluster, Counted]
+) -> None:
+    api, _ = cluster
+    desired = deployment(namespace, owner)
+    ensure(api, desired, owner["uid"])
+    kube.kubectl(
+        "patch",
+        "deployment",
+        "web",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps(
+            {
+                "spec": {
+                    "template": {
+                        "spec": {
+                            "containers": [{"name": "recommender", "image": f"{IMAGE}:edited"}]
+                        }
+                    }
+                }
+            }
+        ),
+    )
+    _, wrote = ensure(api, desired, owner["uid"])
+    assert wrote
+    (container,) = live(kube, namespace)["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"{IMAGE}:1"
+
+
+def test_autoscaling_takes_replicas_over_without_changing_them(
+    kube: Kube, namespace: str, owner: dict[str, Any], cluster: tuple[ApiCluster, Counted]
+) -> None:
+    api, _ = cluster
+    ensure(api, deployment(namespace, owner, **copy.deepcopy(ON_FAKE_NODES)), owner["uid"])
+    assert live(kube, namespace)["spec"]["replicas"] == 3
+
+    autoscaled = deployment(namespace, owner, **copy.deepcopy(ON_FAKE_NODES))
+    del autoscaled["spec"]["replicas"]
+    autoscaled["spec"]["template"]["spec"]["containers"][0]["image"] = f"{IMAGE}:2"
+    ensure(api, autoscaled, owner["uid"])
+    after = live(kube, namespace)
+    assert after["spec"]["replicas"] == 3
+    assert after["spec"]["template"]["spec"]["containers"][0]["image"] == f"{IMAGE}:2"
+    ours = [
+        entry
+        for entry in after["metadata"]["managedFields"]
+        if entry["manager"] == FIELD_MANAGER and entry["operation"] == "Apply"
+    ]
+    assert ours
+    assert "f:replicas" not in ours[0]["fieldsV1"]["f:spec"]
+
+    # The next change with replicas left to the HPA keeps them too.
+    autoscaled["spec"]["template"]["spec"]["containers"][0]["image"] = f"{IMAGE}:3"
+    ensure(api, autoscaled, owner["uid"])
+    assert live(kube, namespace)["spec"]["replicas"] == 3
 
 
 @pytest.fixture
@@ -62,8 +202,11 @@ def guide(kube: Kube, namespace: str) -> str:
 
 
 def test_a_status_patch_from_a_stale_read_is_refused(
-    namespace: str, guide: str, api: ApiCluster
+    namespace: str, guide: str, cluster: tuple[ApiCluster, Counted]
 ) -> None:
+    from shopping_guide_operator.kube import ConflictError
+
+    api, _ = cluster
     read = api.get("ShoppingGuide", namespace, guide)
     assert read is not None
     version = read["metadata"]["resourceVersion"]
@@ -81,8 +224,11 @@ def test_a_status_patch_from_a_stale_read_is_refused(
 
 
 def test_create_owned_finds_its_own_object(
-    namespace: str, owner: dict[str, Any], api: ApiCluster
+    namespace: str, owner: dict[str, Any], cluster: tuple[ApiCluster, Counted]
 ) -> None:
+    from shopping_guide_operator.kube import ConflictError, NotOwnedError, create_owned
+
+    api, _ = cluster
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
