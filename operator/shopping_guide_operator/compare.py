@@ -8,46 +8,22 @@ anyway, so reacting to them would only rewrite the same object forever.
 
 from __future__ import annotations
 
-import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
-_SUFFIX = {
-    "": Decimal(1),
-    "n": Decimal("1e-9"),
-    "u": Decimal("1e-6"),
-    "m": Decimal("1e-3"),
-    "k": Decimal(10) ** 3,
-    "M": Decimal(10) ** 6,
-    "G": Decimal(10) ** 9,
-    "T": Decimal(10) ** 12,
-    "P": Decimal(10) ** 15,
-    "E": Decimal(10) ** 18,
-    "Ki": Decimal(2) ** 10,
-    "Mi": Decimal(2) ** 20,
-    "Gi": Decimal(2) ** 30,
-    "Ti": Decimal(2) ** 40,
-    "Pi": Decimal(2) ** 50,
-    "Ei": Decimal(2) ** 60,
-}
+from kubernetes.utils import parse_quantity
 
 
 def quantity(value: Any) -> Decimal | None:
     """A Kubernetes quantity as a number (the API server rewrites `1000m` as `1`)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return Decimal(str(value))
-    if not isinstance(value, str):
-        return None
-    match = _QUANTITY.match(value.strip())
-    if not match or match.group(2) not in _SUFFIX:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
     try:
-        return Decimal(match.group(1)) * _SUFFIX[match.group(2)]
-    except InvalidOperation:
+        # Through str: Decimal(0.1) would be the float's binary expansion, not 0.1.
+        parsed: Decimal = parse_quantity(str(value).strip())  # type: ignore[no-untyped-call]
+    except (ValueError, ArithmeticError):
         return None
+    return parsed
 
 
 def _same_scalar(desired: Any, live: Any) -> bool:

@@ -51,9 +51,13 @@ def now_rfc3339(now: float) -> str:
 
 
 def parse_rfc3339(text: str | None) -> float | None:
+    """Seconds since the epoch; fractions and offsets as RFC 3339 allows them ('Z' too)."""
     if not text:
         return None
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
 
 
 @dataclass(frozen=True)

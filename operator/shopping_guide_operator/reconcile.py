@@ -128,7 +128,7 @@ def _write_status(cluster: Cluster, guide_body: JSON, old: JSON, new: JSON) -> b
         return False
     meta = guide_body["metadata"]
     try:
-        cluster.patch_status(meta["namespace"], meta["name"], patch)
+        cluster.patch_status(meta["namespace"], meta["name"], patch, meta.get("resourceVersion"))
     except ApiError as exc:
         if exc.status == 404:
             return False

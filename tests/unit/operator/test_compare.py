@@ -41,9 +41,27 @@ def test_empty_objects_may_come_back_absent() -> None:
     assert holds({"podSelector": {}}, {"podSelector": {}})
 
 
-def test_types_matter() -> None:
+def test_types_matter_except_for_quantities() -> None:
+    # A bool is never a number, nor the string the API server would print for it.
     assert not holds({"a": True}, {"a": 1})
-    assert not holds({"a": "1"}, {"a": 1}) or quantity("1") == 1
+    assert not holds({"a": 1}, {"a": True})
+    assert not holds({"a": True}, {"a": "true"})
+    # The API server returns a quantity we sent as a number as its canonical string, and
+    # the other way round: the same value in either form holds, a different one does not.
+    assert holds({"cpu": 1}, {"cpu": "1"})
+    assert holds({"a": "1"}, {"a": 1})
+    assert holds({"memory": "0.5Gi"}, {"memory": "512Mi"})
+    assert not holds({"a": "1"}, {"a": 2})
+    assert not holds({"a": "x"}, {"a": 1})
+
+
+def test_quantity_parses_what_the_api_server_prints() -> None:
+    assert quantity("1.5Ki") == 1536
+    assert quantity("1e3") == quantity("1k") == 1000
+    assert quantity(0.1) == quantity("100m")
+    assert quantity("") is None
+    assert quantity(True) is None
+    assert quantity(None) is None
 
 
 def test_merge_patch_nulls_removed_keys() -> None:

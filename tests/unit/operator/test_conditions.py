@@ -52,3 +52,11 @@ def test_transitions_become_events_warning_when_bad() -> None:
 def test_rfc3339_round_trip() -> None:
     assert c.parse_rfc3339(c.now_rfc3339(1_800_000_000.0)) == 1_800_000_000.0
     assert c.parse_rfc3339(None) is None
+
+
+def test_rfc3339_with_fractions_and_offsets() -> None:
+    # metav1.MicroTime (Events, Leases) carries microseconds; other clients write offsets.
+    assert c.parse_rfc3339("2026-01-01T00:00:00Z") == 1_767_225_600.0
+    assert c.parse_rfc3339("2026-01-01T00:00:00.5Z") == 1_767_225_600.5
+    assert c.parse_rfc3339("2026-01-01T00:00:00.250000Z") == 1_767_225_600.25
+    assert c.parse_rfc3339("2026-01-01T02:00:00+02:00") == 1_767_225_600.0
