@@ -35,7 +35,17 @@ from .constants import (
     LABEL_TRIGGER,
     TRAINER_CONTAINER,
 )
-from .kube import ApiError, Cluster, NotOwnedError, ensure, ensure_absent, owned_by, status_patch
+from .kube import (
+    ApiError,
+    Cluster,
+    ConflictError,
+    NotOwnedError,
+    create_owned,
+    ensure,
+    ensure_absent,
+    owned_by,
+    status_patch,
+)
 from .spec import JSON, Guide, SpecError
 from .status import (
     DeploymentView,
@@ -180,17 +190,14 @@ def _create_job(cluster: Cluster, job: JSON, guide: Guide) -> str | None:
     """Create a training Job; the error for status, or None when the Job is (now) ours."""
     name = job["metadata"]["name"]
     try:
-        cluster.create(job)
+        create_owned(cluster, job, guide.uid)
+    except NotOwnedError:
+        return (
+            f"training Job {name} already exists and is not owned by this ShoppingGuide; "
+            "delete it to let training run"
+        )
     except ApiError as exc:
-        if exc.status != 409:
-            return f"training Job {name}: {exc.message}"
-        # 409: an earlier pass created it and wrote no status, or someone else owns the name.
-        live = cluster.get("Job", guide.namespace, name)
-        if live is not None and not owned_by(live, guide.uid):
-            return (
-                f"training Job {name} already exists and is not owned by this ShoppingGuide; "
-                "delete it to let training run"
-            )
+        return f"training Job {name}: {exc.message}"
     return None
 
 
@@ -337,7 +344,13 @@ def reconcile(
         next_attempt_at=waiting,
     )
     new, condition_events = finish(status, seen, now)
-    _write_status(cluster, body, old, new)
+    try:
+        _write_status(cluster, body, old, new)
+    except ConflictError:
+        # The guide changed since this pass read it (an edit, or another writer): this
+        # status was computed from a stale read. Nothing is written; the next pass, at once,
+        # reads again and computes it anew (the actions above are idempotent).
+        return PassResult(body, events, 0.0)
     requeue = _requeue(step, seen, now, resync, progressed.requeue_after)
     return PassResult(body, events + condition_events, requeue)
 

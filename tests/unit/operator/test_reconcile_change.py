@@ -160,3 +160,68 @@ def test_a_status_that_lost_only_its_stable_model_keeps_the_routing(world: FakeC
     run(world, T0 + 60)
     assert _routing(world).stable == "v1"
     assert status_of(world)["stable"]["version"] == "v1"
+
+
+class EditedMidPass(FakeCluster):
+    """Someone edits the guide between the pass's read and its status write, once."""
+
+    edits = 1
+
+    def patch_status(
+        self, namespace: str, name: str, patch: dict[str, Any], resource_version: str | None
+    ) -> dict[str, Any]:
+        if self.edits:
+            self.edits -= 1
+            guide = self.objects[("ShoppingGuide", namespace, name)]
+            guide["spec"]["serving"]["replicas"] = 4
+            self._bump(guide)
+        return super().patch_status(namespace, name, patch, resource_version)
+
+
+def test_a_status_computed_from_a_stale_read_is_not_written_and_the_pass_repeats() -> None:
+    world = EditedMidPass()
+    world.put(copy.deepcopy(BASE))
+    outcome = reconcile(world, NS, NAME, T0)
+    assert outcome is not None
+    assert outcome.requeue_after == 0.0
+    assert not status_of(world)  # nothing from the stale pass
+    assert any(reason == "TrainingStarted" for _, reason, _ in outcome.events)
+    again = reconcile(world, NS, NAME, T0 + 1)
+    assert again is not None and again.requeue_after > 0
+    assert status_of(world)["phase"] == "Training"
+    assert len(jobs(world)) == 1  # the Job the first pass created is found, not doubled
+
+
+def test_turning_autoscaling_on_keeps_the_replicas_until_the_hpa_acts(
+    world: FakeCluster,
+) -> None:
+    guide = world.objects[("ShoppingGuide", NS, NAME)]
+    guide["spec"]["serving"].pop("autoscaling")
+    _promote_v1(world)
+    deployment = world.get("Deployment", NS, NAME)
+    assert deployment is not None and deployment["spec"]["replicas"] == 3
+    guide["spec"]["serving"]["autoscaling"] = {"minReplicas": 2, "maxReplicas": 8}
+    world._bump(guide)
+    run(world, T0 + 100)
+    guide["spec"]["image"] = "registry.example.com/shopping-guide/recommender:0.2.0"
+    world._bump(guide)
+    run(world, T0 + 110)
+    deployment = world.get("Deployment", NS, NAME)
+    assert deployment is not None
+    assert deployment["spec"]["replicas"] == 3  # not reset to 1 by the apply without it
+    assert world.get("HorizontalPodAutoscaler", NS, NAME) is not None
+
+
+def test_a_placement_removed_from_the_spec_leaves_the_deployment(world: FakeCluster) -> None:
+    guide = world.objects[("ShoppingGuide", NS, NAME)]
+    guide["spec"]["serving"]["nodeSelector"] = {"pool": "serving"}
+    guide["spec"]["serving"]["tolerations"] = [{"key": "dedicated", "operator": "Exists"}]
+    _promote_v1(world)
+    pod = world.objects[("Deployment", NS, NAME)]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "serving"}
+    del guide["spec"]["serving"]["nodeSelector"]
+    del guide["spec"]["serving"]["tolerations"]
+    world._bump(guide)
+    run(world, T0 + 100)
+    pod = world.objects[("Deployment", NS, NAME)]["spec"]["template"]["spec"]
+    assert "nodeSelector" not in pod and "tolerations" not in pod
