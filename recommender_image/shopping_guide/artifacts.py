@@ -28,7 +28,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -317,40 +317,68 @@ class ModelStore:
 
 
 FORGOTTEN_USERS = "forgotten-users.txt"
+FORGOTTEN_USER_HASHES = "forgotten-users.sha256"
 AUDIT_LOG = "audit.log"
+
+
+def user_sha256(user_id: str) -> str:
+    """How an erasure request names a user: the SHA-256 of the id, lower-case hex."""
+    return hashlib.sha256(user_id.encode("utf-8")).hexdigest()
 
 
 def forget_user(store: ModelStore, user_id: str) -> list[str]:
     """Remove one user from every stored version (id map, history, factors) and record the
-    request, so the next training skips their events too. Returns the versions rewritten.
-
-    Every version of the whole store: every guide's and the flat layout's, as the record
-    of forgotten users is the whole store's. Each version is rewritten beside the old one
-    and swapped in by rename; the audit line names the user only by a hash and carries
-    none of their events.
-    """
-    changed: list[str] = []
-    for part in store.guide_stores():
-        for version in part.versions():
-            if _forget_in(part, version, user_id):
-                changed.append(version)
+    request, so the next training skips their events too. Returns the versions rewritten."""
+    changed = _forget(store, lambda ids: np.asarray(ids == user_id))
     store.root.mkdir(parents=True, exist_ok=True)
     with (store.root / FORGOTTEN_USERS).open("a") as handle:
         handle.write(user_id + "\n")
-    audit = {
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "action": "forget-user",
-        "user_sha256": hashlib.sha256(user_id.encode()).hexdigest()[:16],
-        "versions": changed,
-    }
-    with (store.root / AUDIT_LOG).open("a") as handle:
-        handle.write(json.dumps(audit) + "\n")
+    _audit(store, "forget-user", [user_sha256(user_id)[:16]], changed)
     return changed
 
 
-def _forget_in(store: ModelStore, version: str, user_id: str) -> bool:
+def forget_users_by_hash(store: ModelStore, digests: set[str]) -> list[str]:
+    """`forget_user` for users named by `user_sha256`: what an erasure request carries, so
+    that no user id passes through the cluster. The digests are recorded, not the ids."""
+
+    def named(ids: np.ndarray) -> np.ndarray:
+        return np.fromiter((user_sha256(str(u)) in digests for u in ids), bool, len(ids))
+
+    changed = _forget(store, named)
+    store.root.mkdir(parents=True, exist_ok=True)
+    with (store.root / FORGOTTEN_USER_HASHES).open("a") as handle:
+        handle.writelines(f"{d}\n" for d in sorted(digests))
+    _audit(store, "forget-users", sorted(d[:16] for d in digests), changed)
+    return changed
+
+
+def _forget(store: ModelStore, named: Callable[[np.ndarray], np.ndarray]) -> list[str]:
+    """Every version of the whole store: every guide's and the flat layout's, as the record
+    of forgotten users is the whole store's. Each version is rewritten beside the old one
+    and swapped in by rename."""
+    changed: list[str] = []
+    for part in store.guide_stores():
+        for version in part.versions():
+            if _forget_in(part, version, named):
+                changed.append(version)
+    return changed
+
+
+def _audit(store: ModelStore, action: str, users: list[str], versions: list[str]) -> None:
+    """One line per request; users only by a shortened hash, none of their events."""
+    audit = {
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "action": action,
+        "user_sha256": users[0] if len(users) == 1 else users,
+        "versions": versions,
+    }
+    with (store.root / AUDIT_LOG).open("a") as handle:
+        handle.write(json.dumps(audit) + "\n")
+
+
+def _forget_in(store: ModelStore, version: str, named: Callable[[np.ndarray], np.ndarray]) -> bool:
     loaded = store.load(version)
-    position = np.flatnonzero(loaded.user_ids == user_id)
+    position = np.flatnonzero(named(loaded.user_ids))
     if not len(position):
         return False
     keep = np.ones(len(loaded.user_ids), dtype=bool)
@@ -379,3 +407,10 @@ def forgotten_users(root: Path) -> list[str]:
     if not path.is_file():
         return []
     return [line for line in path.read_text().splitlines() if line]
+
+
+def forgotten_user_hashes(root: Path) -> set[str]:
+    path = Path(root) / FORGOTTEN_USER_HASHES
+    if not path.is_file():
+        return set()
+    return {line for line in path.read_text().splitlines() if line}

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -331,6 +332,42 @@ def _run_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_forget_users(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "forget-users",
+        help="remove users, named by the SHA-256 of their id, from every stored model version",
+    )
+    p.add_argument("--model-store", type=Path, required=True)
+    p.add_argument(
+        "--user-sha256",
+        action="append",
+        required=True,
+        metavar="HEX",
+        help="lower-case hex SHA-256 of a user id (repeatable)",
+    )
+    p.add_argument(
+        "--termination-log",
+        type=Path,
+        help="also write the result there (Kubernetes termination message)",
+    )
+    p.set_defaults(handler=_run_forget_users)
+
+
+def _run_forget_users(args: argparse.Namespace) -> int:
+    from .artifacts import ModelStore, forget_users_by_hash
+
+    digests = set(args.user_sha256)
+    bad = sorted(d for d in digests if not re.fullmatch(r"[0-9a-f]{64}", d))
+    if bad:
+        raise ConfigError(f"--user-sha256 must be 64 lower-case hex digits, got {bad[0]!r}")
+    changed = forget_users_by_hash(ModelStore(args.model_store), digests)
+    document = json.dumps({"versions": changed, "users": len(digests)})
+    if args.termination_log:
+        args.termination_log.write_text(document)
+    print(document)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shopping-guide", description=__doc__)
     parser.add_argument("--log-level", default="WARNING")
@@ -338,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_serve(sub)
     _add_forget(sub)
+    _add_forget_users(sub)
     return parser
 
 

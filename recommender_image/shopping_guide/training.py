@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from shopping_guide_contracts import training_result
 
 from .algorithms import Value, fit, resolve_params
 from .ann import AnnIndex
-from .artifacts import ModelStore, forgotten_users
+from .artifacts import ModelStore, forgotten_user_hashes, forgotten_users, user_sha256
 from .catalog import Catalog, CatalogSchema, catalog_from_table, derive_from_events, load_catalog
 from .content import build_text_index, content_similarity
 from .errors import ArtifactError, ConfigError
@@ -90,6 +92,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     events = load_events(config.events, config.schema, config.format, config.on_invalid)
     forgotten = forgotten_users(config.model_store)
+    hashed = forgotten_user_hashes(config.model_store)
+    if hashed:
+        # Erasure requests name users by hash only: find which of these users they are.
+        users = np.unique(events.users.to_numpy(zero_copy_only=False).astype(str))
+        forgotten += [u for u in users if user_sha256(u) in hashed]
     if forgotten:
         # Users who asked to be forgotten are never learned from again.
         events = events.without_users(forgotten)

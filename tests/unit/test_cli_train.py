@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -237,3 +238,39 @@ def test_serve_takes_the_guide() -> None:
         ["serve", "--model-store", "/models", "--routing", "r.json", "--guide", "shop/a"]
     )
     assert parsed.guide == "shop/a"
+
+
+def test_forget_users_by_hash_rewrites_every_version_of_the_guide_and_later_trainings(
+    two_taste_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the erasure Job runs: users named only by the SHA-256 of their id."""
+    store = tmp_path / "models"
+    common = ["train", "--events", str(two_taste_csv), "--model-store", str(store)]
+    assert main([*common, "--guide", "shop/storefront"]) == 0
+    assert main([*common, "--guide", "shop/storefront", "--algorithm", "itemknn"]) == 0
+    capsys.readouterr()
+    digests = [hashlib.sha256(u.encode()).hexdigest() for u in ("a-user-3", "b-user-1")]
+    log = tmp_path / "termination-log"
+    args = ["forget-users", "--model-store", str(store), "--termination-log", str(log)]
+    assert main([*args, *(a for d in digests for a in ("--user-sha256", d))]) == 0
+    result = json.loads(log.read_text())
+    assert result["users"] == 2 and len(result["versions"]) == 2
+    guide = ModelStore(store, "shop/storefront")
+    for version in guide.versions():
+        users = set(guide.load(version).user_ids)
+        assert not {"a-user-3", "b-user-1"} & users
+    # No user id was written anywhere in the store, only their hashes.
+    for path in store.rglob("*"):
+        if path.is_file() and path.suffix in (".txt", ".log", ".sha256", ".json"):
+            assert "a-user-3" not in path.read_text()
+    assert main([*common, "--guide", "shop/storefront", "--algorithm", "itemknn"]) == 0
+    trained = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert "a-user-3" not in set(guide.load(trained["version"]).user_ids)
+    assert trained["data"]["users"] == 58
+
+
+def test_forget_users_refuses_what_is_not_a_digest(tmp_path: Path) -> None:
+    log = tmp_path / "termination-log"
+    args = ["forget-users", "--model-store", str(tmp_path), "--termination-log", str(log)]
+    assert main([*args, "--user-sha256", "a-user-3"]) == 1
+    assert "64 lower-case hex" in json.loads(log.read_text())["error"]

@@ -32,6 +32,8 @@ def build_erasure_job(guide: Guide, request: Request) -> JSON:
             "forget-users",
             "--model-store",
             MODEL_MOUNT,
+            "--termination-log",
+            TERMINATION_LOG,
             *(arg for digest in request.user_hashes for arg in ("--user-sha256", digest)),
         ],
         "terminationMessagePath": TERMINATION_LOG,
