@@ -14,7 +14,7 @@ training run waits for a running erasure.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ class Request:
     user_hashes: tuple[str, ...]
     phase: str = PENDING
     job: str | None = None
+    status: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, body: Mapping[str, Any]) -> Request:
@@ -46,10 +47,11 @@ class Request:
             user_hashes=tuple(str(h) for h in spec.get("userIdSha256") or ()),
             phase=str(status.get("phase") or PENDING),
             job=status.get("job"),
+            status=dict(status),
         )
 
 
-def requests_for(items: list[Mapping[str, Any]], guide: str) -> list[Request]:
+def requests_for(items: Sequence[Mapping[str, Any]], guide: str) -> list[Request]:
     """This guide's requests, oldest first (the order they are carried out in)."""
     mine = [Request.of(i) for i in items if (i.get("spec") or {}).get("guide") == guide]
     return sorted(mine, key=lambda r: (r.created, r.name))

@@ -26,7 +26,7 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.utils import Backoff, on_retry_after_error
 
 from .compare import holds, merge_patch
-from .constants import API_VERSION, FIELD_MANAGER, GROUP
+from .constants import API_VERSION, FIELD_MANAGER, GROUP, KIND
 
 JSON = dict[str, Any]
 T = TypeVar("T")
@@ -39,6 +39,7 @@ HANDOFF_MANAGER = "shopping-guide-handoff"
 # kind -> apiVersion of every kind the operator reads or writes; the paths come from discovery.
 API_VERSIONS: dict[str, str] = {
     "ShoppingGuide": API_VERSION,
+    "ShoppingGuideErasure": API_VERSION,
     "ConfigMap": "v1",
     "Service": "v1",
     "Pod": "v1",
@@ -79,7 +80,12 @@ class Cluster(Protocol):
     def apply(self, obj: JSON, field_manager: str = FIELD_MANAGER) -> JSON: ...
     def delete(self, kind: str, namespace: str, name: str) -> None: ...
     def patch_status(
-        self, namespace: str, name: str, patch: JSON, resource_version: str | None
+        self,
+        namespace: str,
+        name: str,
+        patch: JSON,
+        resource_version: str | None,
+        kind: str = KIND,
     ) -> JSON: ...
 
 
@@ -236,14 +242,20 @@ class ApiCluster:
                 raise
 
     def patch_status(
-        self, namespace: str, name: str, patch: JSON, resource_version: str | None
+        self,
+        namespace: str,
+        name: str,
+        patch: JSON,
+        resource_version: str | None,
+        kind: str = KIND,
     ) -> JSON:
-        """A merge patch of the status; with `resource_version`, refused (`ConflictError`)
-        when the guide changed since it was read, so a stale pass never overwrites."""
+        """A merge patch of the status (of a guide, or of another kind of ours); with
+        `resource_version`, refused (`ConflictError`) when the object changed since it was
+        read, so a stale pass never overwrites."""
         body = dict(patch)
         if resource_version is not None:
             body["metadata"] = {"resourceVersion": resource_version}
-        status = self._resource("ShoppingGuide").subresources["status"]
+        status = self._resource(kind).subresources["status"]
         return self._call(
             True,
             "patch",

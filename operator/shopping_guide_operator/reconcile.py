@@ -18,9 +18,10 @@ from shopping_guide_contracts.routing import CONFIGMAP_KEY, RoutingError
 from shopping_guide_contracts.routing import parse as parse_routing
 
 from . import conditions as c
-from . import rollout, runs
+from . import erasure, rollout, runs
 from .builders.common import cronjob_name, routing_configmap_name
 from .builders.deployment import build_deployment
+from .builders.erasure import COMPONENT_ERASURE, build_erasure_job
 from .builders.hpa import build_hpa
 from .builders.networkpolicy import build_network_policy
 from .builders.pdb import build_pdb
@@ -257,7 +258,10 @@ def reconcile(
         cluster, namespace, job
     )
     jobs = training_jobs(cluster, guide)
-    step = runs.advance(status.get("training") or {}, guide, stable, jobs, now, reader)
+    requests = erasure.requests_for(cluster.list(erasure.KIND, namespace, {}), guide.name)
+    erasing = _erasure_jobs(cluster, guide) if requests else {}
+    busy = next((j.name for j in erasing.values() if j.state == "Active"), None)
+    step = runs.advance(status.get("training") or {}, guide, stable, jobs, now, reader, busy)
     status["training"] = step.training
     if step.create is not None:
         job = build_job(
@@ -281,6 +285,10 @@ def reconcile(
             events.append(("Normal", "TrainingSuperseded", f"stopped {superseded}: {why}"))
         except ApiError as exc:
             errors.append(f"Job {superseded}: {exc.message}")
+    if requests:
+        erased = _erase(cluster, guide, status, requests, erasing, bool(step.active), now, reader)
+        events += erased[0]
+        errors += erased[1]
     if step.finished is not None:
         events += _admit(status, step.finished, guide, stable, now)
     progressed = rollout.progress(status, guide, providers, now)
@@ -353,6 +361,58 @@ def reconcile(
         return PassResult(body, events, 0.0)
     requeue = _requeue(step, seen, now, resync, progressed.requeue_after)
     return PassResult(body, events + condition_events, requeue)
+
+
+def _erasure_jobs(cluster: Cluster, guide: Guide) -> dict[str, runs.JobView]:
+    items = cluster.list(
+        "Job", guide.namespace, {LABEL_GUIDE: guide.name, LABEL_COMPONENT: COMPONENT_ERASURE}
+    )
+    return {j["metadata"]["name"]: job_view(j) for j in items if owned_by(j, guide.uid)}
+
+
+def _erase(
+    cluster: Cluster,
+    guide: Guide,
+    status: dict[str, Any],
+    requests: list[erasure.Request],
+    jobs: dict[str, runs.JobView],
+    training_active: bool,
+    now: float,
+    reader: Callable[[runs.JobView], str | None],
+) -> tuple[list[Event], list[str]]:
+    """Erasure requests for this guide: start the next, record the finished ones, and make
+    the serving pods reload what was rewritten (a new routing `modelsRevision`)."""
+    step = erasure.advance(guide.name, requests, jobs, training_active, now, reader)
+    events: list[Event] = []
+    errors: list[str] = []
+    statuses = dict(step.statuses)
+    if step.start is not None:
+        error = _create_job(cluster, build_erasure_job(guide, step.start), guide)
+        if error is not None:
+            errors.append(error)
+            statuses.pop(step.start.name, None)
+        else:
+            events.append(("Normal", "ErasureStarted", statuses[step.start.name]["message"]))
+    if step.finished:
+        routing = dict(status.get("routing") or {})
+        routing["modelsRevision"] = int(routing.get("modelsRevision", 0)) + 1
+        status["routing"] = routing
+    by_name = {r.name: r for r in requests}
+    for name, update in statuses.items():
+        wanted = dict(update)
+        if wanted["phase"] == erasure.SUCCEEDED:
+            wanted["routingRevision"] = status["routing"]["modelsRevision"]
+            events.append(("Normal", "UsersForgotten", f"{name}: {wanted['message']}"))
+        elif wanted["phase"] == erasure.FAILED:
+            events.append(("Warning", "ErasureFailed", f"{name}: {wanted['message']}"))
+        stored = by_name[name].status
+        if all(stored.get(key) == value for key, value in wanted.items()):
+            continue
+        try:
+            cluster.patch_status(guide.namespace, name, {"status": wanted}, None, kind=erasure.KIND)
+        except ApiError as exc:
+            errors.append(f"{erasure.KIND} {name}: {exc.message}")
+    return events, errors
 
 
 def _on_demand_active(step: runs.Step, jobs: list[runs.JobView]) -> bool:

@@ -148,8 +148,13 @@ def advance(
     jobs: list[JobView],
     now: float,
     read_message: Callable[[JobView], str | None],
+    store_busy: str | None = None,
 ) -> Step:
-    """One pass over the training runs; at most one finished Job is judged per pass."""
+    """One pass over the training runs; at most one finished Job is judged per pass.
+
+    `store_busy` names another writer of the store (an erasure Job): no run starts while it
+    runs, and a scheduled run that started meanwhile is stopped.
+    """
     state = dict(training)
     spec_hash = guide.model_spec_hash()
     trigger = wanted_trigger(state, spec_hash, guide.retrain_token)
@@ -174,7 +179,9 @@ def advance(
             scheduled = next(
                 (j for j in jobs if j.trigger == TRIGGER_SCHEDULE and j.state == "Active"), None
             )
-            if scheduled is not None:
+            if store_busy is not None:
+                waiting_for = store_busy
+            elif scheduled is not None:
                 # One training at a time per guide: two runs would train and prune the same
                 # store at once. The on-demand run starts when the scheduled one ends.
                 waiting_for = scheduled.name
@@ -209,7 +216,7 @@ def advance(
     on_demand = create is not None or any(
         j.name == wanted_job and j.state == "Active" for j in jobs
     )
-    if on_demand:
+    if on_demand or store_busy is not None:
         # The CronJob is suspended while an on-demand run is active; a scheduled Job that
         # started in the moment before the suspension took effect is stopped (the next
         # schedule runs it again), so the two never train the same store together.

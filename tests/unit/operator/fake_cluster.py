@@ -153,12 +153,17 @@ class FakeCluster:
         self.applied.pop((kind, namespace, name), None)
 
     def patch_status(
-        self, namespace: str, name: str, patch: JSON, resource_version: str | None
+        self,
+        namespace: str,
+        name: str,
+        patch: JSON,
+        resource_version: str | None,
+        kind: str = "ShoppingGuide",
     ) -> JSON:
         self.writes += 1
-        guide = self.objects.get(("ShoppingGuide", namespace, name))
+        guide = self.objects.get((kind, namespace, name))
         if guide is None:
-            raise ApiError(404, f"shoppingguides {name} not found")
+            raise ApiError(404, f"{kind} {name} not found")
         if resource_version is not None and resource_version != guide["metadata"].get(
             "resourceVersion"
         ):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from typing import Any
 
 import pytest
@@ -168,14 +170,19 @@ class EditedMidPass(FakeCluster):
     edits = 1
 
     def patch_status(
-        self, namespace: str, name: str, patch: dict[str, Any], resource_version: str | None
+        self,
+        namespace: str,
+        name: str,
+        patch: dict[str, Any],
+        resource_version: str | None,
+        kind: str = "ShoppingGuide",
     ) -> dict[str, Any]:
         if self.edits:
             self.edits -= 1
             guide = self.objects[("ShoppingGuide", namespace, name)]
             guide["spec"]["serving"]["replicas"] = 4
             self._bump(guide)
-        return super().patch_status(namespace, name, patch, resource_version)
+        return super().patch_status(namespace, name, patch, resource_version, kind)
 
 
 def test_a_status_computed_from_a_stale_read_is_not_written_and_the_pass_repeats() -> None:
@@ -225,3 +232,46 @@ def test_a_placement_removed_from_the_spec_leaves_the_deployment(world: FakeClus
     run(world, T0 + 100)
     pod = world.objects[("Deployment", NS, NAME)]["spec"]["template"]["spec"]
     assert "nodeSelector" not in pod and "tolerations" not in pod
+
+
+def _erasure(world: FakeCluster, name: str, *users: str) -> None:
+    world.put(
+        {
+            "kind": "ShoppingGuideErasure",
+            "metadata": {
+                "name": name,
+                "namespace": NS,
+                "creationTimestamp": f"2026-01-0{len(world.objects) % 9 + 1}T00:00:00Z",
+            },
+            "spec": {
+                "guide": NAME,
+                "userIdSha256": [hashlib.sha256(u.encode()).hexdigest() for u in users],
+            },
+        }
+    )
+
+
+def test_an_erasure_runs_as_the_only_writer_and_is_audited(world: FakeCluster) -> None:
+    _promote_v1(world)
+    _erasure(world, "gdpr-1", "12748", "17850")
+    outcome = reconcile(world, NS, NAME, T0 + 100)
+    assert outcome is not None
+    request = world.objects[("ShoppingGuideErasure", NS, "gdpr-1")]
+    assert request["status"]["phase"] == "Running"
+    job_name = request["status"]["job"]
+    job = world.objects[("Job", NS, job_name)]
+    assert "12748" not in json.dumps(job)  # users by hash only
+    assert any(reason == "ErasureStarted" for _, reason, _ in outcome.events)
+    # A retrain asked for meanwhile waits: the store has one writer.
+    _retrain(world, "during-erasure")
+    run(world, T0 + 110)
+    assert len(jobs(world)) == 2  # the first training run and the erasure Job only
+    world.finish_job(NS, job_name, json.dumps({"versions": ["v1"], "users": 2}))
+    outcome = reconcile(world, NS, NAME, T0 + 120)
+    assert outcome is not None
+    done = world.objects[("ShoppingGuideErasure", NS, "gdpr-1")]["status"]
+    assert done["phase"] == "Succeeded"
+    assert done["versionsRewritten"] == ["v1"] and done["users"] == 2
+    assert any(reason == "UsersForgotten" for _, reason, _ in outcome.events)
+    run(world, T0 + 130)
+    assert len(jobs(world)) == 3  # now the retrain starts
