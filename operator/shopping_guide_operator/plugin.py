@@ -8,6 +8,7 @@ writes spec or annotations. Uses the current kubeconfig, as kubectl does.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from .constants import (
     VERSION,
 )
 
+ERASURE_PLURAL = "shoppingguideerasures"
 ACTIONS = {
     "promote": ANNOTATION_PROMOTE,
     "abort": ANNOTATION_ABORT,
@@ -38,6 +40,8 @@ class Guides(Protocol):
     def get(self, namespace: str, name: str) -> dict[str, Any]: ...
 
     def annotate(self, namespace: str, name: str, annotations: dict[str, str]) -> None: ...
+
+    def request_erasure(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]: ...
 
 
 class KubeGuides:
@@ -56,6 +60,12 @@ class KubeGuides:
         self.api.patch_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": annotations}}
         )
+
+    def request_erasure(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        created = self.api.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, ERASURE_PLURAL, body
+        )
+        return cast(dict[str, Any], created)
 
 
 def _global_flags(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -98,6 +108,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     rollback.add_argument("name")
     rollback.add_argument("--to", required=True, metavar="VERSION")
+    forget = commands.add_parser(
+        "forget",
+        help="forget shoppers in every model version of the guide (an erasure request)",
+        description="Creates a ShoppingGuideErasure naming each user by the SHA-256 of the id "
+        "(no user id is sent to the cluster); the operator rewrites the guide's models without "
+        "them, the serving pods reload, and later trainings skip their events. Follow it with "
+        "`kubectl get sgerasure NAME`.",
+        parents=[flags],
+    )
+    forget.add_argument("name")
+    forget.add_argument("user_ids", nargs="+", metavar="USER_ID")
     return parser.parse_args(argv)
 
 
@@ -186,6 +207,15 @@ def run(args: argparse.Namespace, guides: Guides, namespace: str, out: TextIO) -
     if args.command == "history":
         show_history(guides.get(namespace, args.name), out)
         return 0
+    if args.command == "forget":
+        guides.get(namespace, args.name)  # a 404 here names the guide, not the request
+        created = guides.request_erasure(namespace, erasure_request(args.name, args.user_ids))
+        request = created.get("metadata", {}).get("name", "")
+        out.write(
+            f"shoppingguideerasure.shoppingguide.io/{request} created: "
+            f"{len(set(args.user_ids))} users for {args.name}\n"
+        )
+        return 0
     # A fresh value each time: the operator acts once per distinct value.
     token = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + f".{time.time_ns() % 10**9}"
     if args.command == "rollback":
@@ -199,6 +229,16 @@ def run(args: argparse.Namespace, guides: Guides, namespace: str, out: TextIO) -
     guides.annotate(namespace, args.name, annotations)
     out.write(f"shoppingguide.io/{args.name} {args.command} requested\n")
     return 0
+
+
+def erasure_request(guide: str, user_ids: Sequence[str]) -> dict[str, Any]:
+    digests = sorted({hashlib.sha256(u.encode("utf-8")).hexdigest() for u in user_ids})
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ShoppingGuideErasure",
+        "metadata": {"generateName": f"{guide}-forget-"},
+        "spec": {"guide": guide, "userIdSha256": digests},
+    }
 
 
 def current_namespace(context: str | None, kubeconfig: str | None = None) -> str:

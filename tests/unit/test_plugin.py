@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ class FakeGuides:
     def __init__(self, guide: dict[str, Any]) -> None:
         self.guide = guide
         self.patches: list[tuple[str, str, dict[str, str]]] = []
+        self.erasures: list[tuple[str, dict[str, Any]]] = []
 
     def get(self, namespace: str, name: str) -> dict[str, Any]:
         if name != self.guide["metadata"]["name"]:
@@ -23,6 +26,10 @@ class FakeGuides:
 
     def annotate(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
         self.patches.append((namespace, name, annotations))
+
+    def request_erasure(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.erasures.append((namespace, body))
+        return {**body, "metadata": {"name": body["metadata"]["generateName"] + "x7k2q"}}
 
 
 GUIDE: dict[str, Any] = {
@@ -165,3 +172,26 @@ def test_rollback_to_a_restored_version_or_the_stable_one() -> None:
     for version in ("v3", "v5"):
         assert plugin.main(["rollback", "storefront", "--to", version], guides) == 0
     assert [next(iter(a.values())).split("@")[0] for _, _, a in guides.patches] == ["v3", "v5"]
+
+
+def test_forget_sends_only_hashes_of_the_user_ids(capsys: pytest.CaptureFixture[str]) -> None:
+    guides = FakeGuides(GUIDE)
+    assert (
+        plugin.main(["forget", "storefront", "12748", "17850", "12748", "-n", "shop"], guides) == 0
+    )
+    ((namespace, body),) = guides.erasures
+    assert namespace == "shop"
+    assert body["kind"] == "ShoppingGuideErasure" and body["spec"]["guide"] == "storefront"
+    assert body["spec"]["userIdSha256"] == sorted(
+        hashlib.sha256(u.encode()).hexdigest() for u in ("12748", "17850")
+    )
+    assert "12748" not in json.dumps(body)
+    assert "storefront-forget-x7k2q created: 2 users" in capsys.readouterr().out
+    assert guides.patches == []  # a request object, not an annotation on the guide
+
+
+def test_forget_for_a_guide_that_does_not_exist_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    guides = FakeGuides(GUIDE)
+    assert plugin.main(["forget", "nope", "12748"], guides) == 1
+    assert guides.erasures == []
+    assert "not found" in capsys.readouterr().err
