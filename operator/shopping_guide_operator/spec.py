@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shopping_guide_contracts.versions import VersionError, validate_version
+
 from .constants import ANNOTATION_RETRAIN, API_VERSION, KIND
 
 JSON = dict[str, Any]
@@ -59,6 +61,16 @@ def _claim(parent: Mapping[str, Any], where: str) -> str:
     if not isinstance(claim, str) or not claim:
         raise SpecError(f"{where}.persistentVolumeClaim.claimName is required")
     return claim
+
+
+def _pinned(model: Mapping[str, Any]) -> str | None:
+    pinned = model.get("pinnedVersion")
+    if not pinned:
+        return None
+    try:
+        return validate_version(pinned, "model.pinnedVersion")
+    except VersionError as exc:
+        raise SpecError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -282,7 +294,7 @@ class Guide:
             serving=Serving.parse(_obj(spec, "serving")),
             rollout=dict(spec["rollout"]) if spec.get("rollout") else None,
             retrain_token=str(_obj(meta, "annotations").get(ANNOTATION_RETRAIN, "")),
-            pinned_version=str(_obj(spec, "model").get("pinnedVersion") or "") or None,
+            pinned_version=_pinned(_obj(spec, "model")),
             annotations={str(k): str(v) for k, v in _obj(meta, "annotations").items()},
             raw_spec=spec,
         )

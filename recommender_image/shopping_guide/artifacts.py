@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from shopping_guide_contracts.versions import validate_version
+
 from .errors import ArtifactError
 from .model import Model
 
@@ -60,9 +62,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 def new_version(now: datetime | None = None) -> str:
-    """Sortable by time, unique by a random suffix, valid as a Kubernetes label value."""
+    """Sortable by time, unique by a random suffix, valid as a Kubernetes label value and in
+    the shared version grammar (shopping_guide_contracts.versions)."""
     now = now or datetime.now(UTC)
-    return f"v{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    return validate_version(f"v{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}")
 
 
 class ModelStore:

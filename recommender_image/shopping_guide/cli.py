@@ -319,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_path = getattr(args, "termination_log", None)
         if log_path:
             with contextlib.suppress(OSError):
-                Path(log_path).write_text(training_result.encode_failure(reason))
+                Path(log_path).write_text(training_result.encode_failure(reason), encoding="utf-8")
         return 1
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import pytest
+
 from shopping_guide_contracts.routing import CONFIGMAP_KEY, Routing, parse
 from shopping_guide_operator.builders.deployment import build_deployment
 from shopping_guide_operator.builders.hpa import build_hpa
@@ -13,7 +15,7 @@ from shopping_guide_operator.builders.pdb import build_pdb
 from shopping_guide_operator.builders.routing import build_routing_configmap
 from shopping_guide_operator.builders.service import build_service
 from shopping_guide_operator.builders.training import build_cronjob, build_job, trainer_args
-from shopping_guide_operator.spec import Guide
+from shopping_guide_operator.spec import Guide, SpecError
 
 MakeGuide = Callable[..., Guide]
 OWNER = {
@@ -239,3 +241,10 @@ def test_spec_hash_ignores_what_does_not_change_the_model(make_guide: MakeGuide)
     assert make_guide({"image": "other:1"}).model_spec_hash() == base
     assert make_guide({"model": {"factors": 64}}).model_spec_hash() != base
     assert make_guide({"data": {"eventWeights": {"view": 2}}}).model_spec_hash() != base
+
+
+def test_a_pinned_version_outside_the_grammar_is_a_spec_error(make_guide: MakeGuide) -> None:
+    assert make_guide({"model": {"pinnedVersion": "v20261201-1"}}).pinned_version == "v20261201-1"
+    for bad in ("../stable", "a/b", "V1"):
+        with pytest.raises(SpecError, match="not a version name"):
+            make_guide({"model": {"pinnedVersion": bad}})
