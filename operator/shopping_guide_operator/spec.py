@@ -43,6 +43,17 @@ MODEL_PARAMS: dict[str, dict[str, str]] = {
 _MODEL_KEYS = ("algorithm", "pinnedVersion")
 
 
+# The schema of the document Guide.model_spec_hash hashes: the prefix of every hash it makes.
+SPEC_HASH_SCHEMA = "v2"
+
+
+def _number(value: Any) -> Any:
+    """1 and 1.0 hash alike (YAML and the API server may hand either); other values as is."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 class SpecError(ValueError):
     """A spec the operator cannot act on (the CRD schema normally stops these earlier)."""
 
@@ -311,10 +322,30 @@ class Guide:
         }
 
     def model_spec_hash(self) -> str:
-        """Hash of everything that changes what a training run produces.
+        """Hash of everything that changes what a training run produces (schema v2).
 
-        The quality gate, schedule, resources and placement are left out on purpose: changing
-        them must not retrain.
+        It hashes the typed values the parser made of the spec, with every default filled in
+        the same way whether or not the API server applied it, so a CRD upgrade that adds a
+        default retrains nothing. The quality gate, schedule, resources and placement are
+        left out on purpose: changing them must not retrain. The `v2:` prefix names the
+        schema of the hashed document; change it whenever that document changes shape.
+        """
+        text = json.dumps(self._training_inputs(), sort_keys=True, separators=(",", ":"))
+        return SPEC_HASH_SCHEMA + ":" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def spec_hashes(self) -> tuple[str, str]:
+        """(current, legacy): a completed run recorded under either hash is up to date.
+
+        Operators before the v2 hash recorded `legacy_spec_hash` in
+        status.training.completed.specHash; accepting it keeps an operator upgrade from
+        retraining every guide at once.
+        """
+        return self.model_spec_hash(), self.legacy_spec_hash()
+
+    def legacy_spec_hash(self) -> str:
+        """The hash of operators before v2: raw spec subsets as stored, defaults included.
+
+        Kept byte for byte so that hashes already in status still match; do not change it.
         """
         training = _obj(self.raw_spec, "training")
         # Pinning what is served changes nothing that training produces.
@@ -329,6 +360,47 @@ class Guide:
         }
         text = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _training_inputs(self) -> JSON:
+        data = self.data
+        catalog = None
+        if data.catalog is not None:
+            catalog = {
+                "fromEvents": {str(k): str(v) for k, v in _obj(data.catalog, "fromEvents").items()},
+                "contentWeight": _number(data.catalog.get("contentWeight", 0.3)),
+            }
+        evaluation = self.training.evaluation
+        tune = self.training.tune
+        return {
+            "data": {
+                "claim": data.claim,
+                "path": data.path,
+                "format": data.format,
+                "columns": {str(k): str(v) for k, v in data.columns.items()},
+                "onInvalid": data.on_invalid,
+                "eventWeights": {k: float(v) for k, v in data.event_weights.items()},
+                "halfLifeDays": _number(data.half_life_days),
+                "minUserItems": data.min_user_items,
+                "excludeItems": list(data.exclude_items),
+                "catalog": catalog,
+            },
+            "model": {
+                "algorithm": self.model.algorithm,
+                "params": {k: _number(v) for k, v in self.model.params.items()},
+            },
+            "evaluation": {
+                "k": int(evaluation["k"]),
+                "split": str(evaluation["split"]),
+                "testFraction": float(evaluation["testFraction"]),
+                "seed": int(evaluation["seed"]),
+            },
+            "tune": {
+                "enabled": bool(tune["enabled"]),
+                "method": str(tune.get("method", "random")),
+                "budgetSeconds": tune.get("budgetSeconds"),
+                "trials": tune.get("trials"),
+            },
+        }
 
     @property
     def routing_salt(self) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+import yaml
 
 from shopping_guide_contracts.routing import CONFIGMAP_KEY, Routing, parse
 from shopping_guide_operator.builders.deployment import build_deployment
@@ -16,6 +19,8 @@ from shopping_guide_operator.builders.routing import build_routing_configmap
 from shopping_guide_operator.builders.service import build_service
 from shopping_guide_operator.builders.training import build_cronjob, build_job, trainer_args
 from shopping_guide_operator.spec import Guide, SpecError
+from tests.conftest import REPO
+from tests.unit.operator.conftest import deep_merge
 
 MakeGuide = Callable[..., Guide]
 OWNER = {
@@ -248,3 +253,55 @@ def test_a_pinned_version_outside_the_grammar_is_a_spec_error(make_guide: MakeGu
     for bad in ("../stable", "a/b", "V1"):
         with pytest.raises(SpecError, match="not a version name"):
             make_guide({"model": {"pinnedVersion": bad}})
+
+
+def _with_crd_defaults(schema: dict[str, Any], value: Any) -> Any:
+    """What the API server stores: `value` with every default of the CRD schema filled in."""
+    if not isinstance(value, dict) or schema.get("type") != "object":
+        if isinstance(value, list) and "items" in schema:
+            return [_with_crd_defaults(schema["items"], v) for v in value]
+        return value
+    out = dict(value)
+    for name, sub in (schema.get("properties") or {}).items():
+        if name not in out and "default" in sub:
+            out[name] = copy.deepcopy(sub["default"])
+        if name in out:
+            out[name] = _with_crd_defaults(sub, out[name])
+    return out
+
+
+def _crd_spec_schema() -> dict[str, Any]:
+    crd = yaml.safe_load((REPO / "crds" / "shoppingguide.io_shoppingguides.yaml").read_text())
+    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return dict(schema["properties"]["spec"])
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {},
+        {"data": {"catalog": {"fromEvents": {"title": "title"}}}},
+        {"training": {"tune": {"trials": 5}, "evaluation": {"k": 20}}},
+        {"model": {"algorithm": "itemknn", "factors": None, "alpha": None, "neighbours": 50}},
+    ],
+)
+def test_spec_hash_is_the_same_with_or_without_the_crd_defaults(
+    body: dict[str, Any], spec: dict[str, Any]
+) -> None:
+    plain = deep_merge(body, {"spec": spec})
+    if "evaluation" in spec.get("training", {}):
+        plain["spec"]["training"]["qualityGate"]["metric"] = "ndcg@20"
+    defaulted = copy.deepcopy(plain)
+    defaulted["spec"] = _with_crd_defaults(_crd_spec_schema(), plain["spec"])
+    assert defaulted != plain  # the CRD does fill something in
+    assert Guide.parse(defaulted).model_spec_hash() == Guide.parse(plain).model_spec_hash()
+    assert Guide.parse(plain).model_spec_hash().startswith("v2:")
+
+
+def test_spec_hashes_hold_the_current_and_the_legacy_hash(body: dict[str, Any]) -> None:
+    guide = Guide.parse(body)
+    current, legacy = guide.spec_hashes()
+    assert current == guide.model_spec_hash()
+    # What the operator before the v2 hash recorded for this body, in status.training.completed.
+    assert legacy == "8b0405816a49afb5" == guide.legacy_spec_hash()
+    assert current != legacy
