@@ -219,6 +219,9 @@ class Serving:
     pdb: Mapping[str, Any] | None
     network_policy_from: tuple[JSON, ...] | None
     placement: Placement
+    metrics_port: int = 9090
+    # Peers admitted to the metrics port while the NetworkPolicy is on: default, the cluster.
+    network_policy_metrics_from: tuple[JSON, ...] = ({"namespaceSelector": {}},)
 
     @classmethod
     def parse(cls, serving: Mapping[str, Any]) -> Serving:
@@ -235,6 +238,8 @@ class Serving:
             )
             if autoscaling.min_replicas > autoscaling.max_replicas:
                 raise SpecError("serving.autoscaling.minReplicas must not exceed maxReplicas")
+        if int(serving.get("port", 8080)) == int(serving.get("metricsPort", 9090)):
+            raise SpecError("serving.port and serving.metricsPort must differ")
         pdb = {"enabled": True, **_obj(serving, "podDisruptionBudget")}
         policy = _obj(serving, "networkPolicy")
         service = _obj(serving, "service")
@@ -255,6 +260,10 @@ class Serving:
                 else None
             ),
             placement=Placement.parse(serving),
+            metrics_port=int(serving.get("metricsPort", 9090)),
+            network_policy_metrics_from=tuple(
+                dict(p) for p in policy.get("metricsFrom") or ({"namespaceSelector": {}},)
+            ),
         )
 
 

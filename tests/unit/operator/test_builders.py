@@ -138,9 +138,23 @@ def test_network_policy_is_optional_and_defaults_to_the_namespace(make_guide: Ma
     assert build_network_policy(make_guide()) is None
     policy = build_network_policy(make_guide({"serving": {"networkPolicy": {}}}))
     assert policy is not None
-    (rule,) = policy["spec"]["ingress"]
+    rule, scrape = policy["spec"]["ingress"]
     assert rule["from"] == [{"podSelector": {}}]
     assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    # Prometheus, wherever in the cluster it runs, reaches the metrics port by default.
+    assert scrape == {
+        "from": [{"namespaceSelector": {}}],
+        "ports": [{"port": 9090, "protocol": "TCP"}],
+    }
+    scrapers = [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]
+    custom = build_network_policy(
+        make_guide({"serving": {"metricsPort": 9400, "networkPolicy": {"metricsFrom": scrapers}}})
+    )
+    assert custom is not None
+    assert custom["spec"]["ingress"][1] == {
+        "from": scrapers,
+        "ports": [{"port": 9400, "protocol": "TCP"}],
+    }
     peers = [{"namespaceSelector": {"matchLabels": {"team": "web"}}}]
     allowed = build_network_policy(make_guide({"serving": {"networkPolicy": {"from": peers}}}))
     assert allowed is not None
@@ -305,3 +319,22 @@ def test_spec_hashes_hold_the_current_and_the_legacy_hash(body: dict[str, Any]) 
     # What the operator before the v2 hash recorded for this body, in status.training.completed.
     assert legacy == "8b0405816a49afb5" == guide.legacy_spec_hash()
     assert current != legacy
+
+
+def test_the_server_knows_its_guide_and_serves_metrics_on_their_own_port(
+    make_guide: MakeGuide,
+) -> None:
+    deployment = build_deployment(make_guide())
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SHOPPING_GUIDE_NAME"] == {"name": "SHOPPING_GUIDE_NAME", "value": "storefront"}
+    args = container["args"]
+    assert args[args.index("--metrics-port") + 1] == "9090"
+    assert args[args.index("--guide-name") + 1] == "storefront"
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == "9090"
+    assert template["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
