@@ -208,6 +208,10 @@ class Autoscaling:
     metric_average: str | None
 
 
+# A NetworkPolicy peer for any pod of any namespace of the cluster.
+_ALL_IN_CLUSTER: tuple[JSON, ...] = ({"namespaceSelector": {}},)
+
+
 @dataclass(frozen=True)
 class Serving:
     replicas: int
@@ -262,7 +266,7 @@ class Serving:
             placement=Placement.parse(serving),
             metrics_port=int(serving.get("metricsPort", 9090)),
             network_policy_metrics_from=tuple(
-                dict(p) for p in policy.get("metricsFrom") or ({"namespaceSelector": {}},)
+                dict(p) for p in policy.get("metricsFrom") or _ALL_IN_CLUSTER
             ),
         )
 
