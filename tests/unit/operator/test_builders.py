@@ -338,3 +338,9 @@ def test_the_server_knows_its_guide_and_serves_metrics_on_their_own_port(
     ]
     assert template["metadata"]["annotations"]["prometheus.io/port"] == "9090"
     assert template["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+
+
+def test_metrics_and_serving_ports_must_differ(make_guide: MakeGuide) -> None:
+    with pytest.raises(SpecError, match="must differ"):
+        make_guide({"serving": {"port": 9090}})
+    assert make_guide({"serving": {"port": 9090, "metricsPort": 9091}}).serving.metrics_port == 9091
