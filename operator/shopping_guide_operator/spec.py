@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shopping_guide_contracts.versions import VersionError, validate_version
+
 from .constants import ANNOTATION_RETRAIN, API_VERSION, KIND
 
 JSON = dict[str, Any]
@@ -41,6 +43,17 @@ MODEL_PARAMS: dict[str, dict[str, str]] = {
 _MODEL_KEYS = ("algorithm", "pinnedVersion")
 
 
+# The schema of the document Guide.model_spec_hash hashes: the prefix of every hash it makes.
+SPEC_HASH_SCHEMA = "v2"
+
+
+def _number(value: Any) -> Any:
+    """1 and 1.0 hash alike (YAML and the API server may hand either); other values as is."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 class SpecError(ValueError):
     """A spec the operator cannot act on (the CRD schema normally stops these earlier)."""
 
@@ -59,6 +72,16 @@ def _claim(parent: Mapping[str, Any], where: str) -> str:
     if not isinstance(claim, str) or not claim:
         raise SpecError(f"{where}.persistentVolumeClaim.claimName is required")
     return claim
+
+
+def _pinned(model: Mapping[str, Any]) -> str | None:
+    pinned = model.get("pinnedVersion")
+    if not pinned:
+        return None
+    try:
+        return validate_version(pinned, "model.pinnedVersion")
+    except VersionError as exc:
+        raise SpecError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -185,6 +208,10 @@ class Autoscaling:
     metric_average: str | None
 
 
+# A NetworkPolicy peer for any pod of any namespace of the cluster.
+_ALL_IN_CLUSTER: tuple[JSON, ...] = ({"namespaceSelector": {}},)
+
+
 @dataclass(frozen=True)
 class Serving:
     replicas: int
@@ -196,6 +223,9 @@ class Serving:
     pdb: Mapping[str, Any] | None
     network_policy_from: tuple[JSON, ...] | None
     placement: Placement
+    metrics_port: int = 9090
+    # Peers admitted to the metrics port while the NetworkPolicy is on: default, the cluster.
+    network_policy_metrics_from: tuple[JSON, ...] = ({"namespaceSelector": {}},)
 
     @classmethod
     def parse(cls, serving: Mapping[str, Any]) -> Serving:
@@ -212,6 +242,8 @@ class Serving:
             )
             if autoscaling.min_replicas > autoscaling.max_replicas:
                 raise SpecError("serving.autoscaling.minReplicas must not exceed maxReplicas")
+        if int(serving.get("port", 8080)) == int(serving.get("metricsPort", 9090)):
+            raise SpecError("serving.port and serving.metricsPort must differ")
         pdb = {"enabled": True, **_obj(serving, "podDisruptionBudget")}
         policy = _obj(serving, "networkPolicy")
         service = _obj(serving, "service")
@@ -232,6 +264,10 @@ class Serving:
                 else None
             ),
             placement=Placement.parse(serving),
+            metrics_port=int(serving.get("metricsPort", 9090)),
+            network_policy_metrics_from=tuple(
+                dict(p) for p in policy.get("metricsFrom") or _ALL_IN_CLUSTER
+            ),
         )
 
 
@@ -282,7 +318,7 @@ class Guide:
             serving=Serving.parse(_obj(spec, "serving")),
             rollout=dict(spec["rollout"]) if spec.get("rollout") else None,
             retrain_token=str(_obj(meta, "annotations").get(ANNOTATION_RETRAIN, "")),
-            pinned_version=str(_obj(spec, "model").get("pinnedVersion") or "") or None,
+            pinned_version=_pinned(_obj(spec, "model")),
             annotations={str(k): str(v) for k, v in _obj(meta, "annotations").items()},
             raw_spec=spec,
         )
@@ -299,10 +335,30 @@ class Guide:
         }
 
     def model_spec_hash(self) -> str:
-        """Hash of everything that changes what a training run produces.
+        """Hash of everything that changes what a training run produces (schema v2).
 
-        The quality gate, schedule, resources and placement are left out on purpose: changing
-        them must not retrain.
+        It hashes the typed values the parser made of the spec, with every default filled in
+        the same way whether or not the API server applied it, so a CRD upgrade that adds a
+        default retrains nothing. The quality gate, schedule, resources and placement are
+        left out on purpose: changing them must not retrain. The `v2:` prefix names the
+        schema of the hashed document; change it whenever that document changes shape.
+        """
+        text = json.dumps(self._training_inputs(), sort_keys=True, separators=(",", ":"))
+        return SPEC_HASH_SCHEMA + ":" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def spec_hashes(self) -> tuple[str, str]:
+        """(current, legacy): a completed run recorded under either hash is up to date.
+
+        Operators before the v2 hash recorded `legacy_spec_hash` in
+        status.training.completed.specHash; accepting it keeps an operator upgrade from
+        retraining every guide at once.
+        """
+        return self.model_spec_hash(), self.legacy_spec_hash()
+
+    def legacy_spec_hash(self) -> str:
+        """The hash of operators before v2: raw spec subsets as stored, defaults included.
+
+        Kept byte for byte so that hashes already in status still match; do not change it.
         """
         training = _obj(self.raw_spec, "training")
         # Pinning what is served changes nothing that training produces.
@@ -317,6 +373,47 @@ class Guide:
         }
         text = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _training_inputs(self) -> JSON:
+        data = self.data
+        catalog = None
+        if data.catalog is not None:
+            catalog = {
+                "fromEvents": {str(k): str(v) for k, v in _obj(data.catalog, "fromEvents").items()},
+                "contentWeight": _number(data.catalog.get("contentWeight", 0.3)),
+            }
+        evaluation = self.training.evaluation
+        tune = self.training.tune
+        return {
+            "data": {
+                "claim": data.claim,
+                "path": data.path,
+                "format": data.format,
+                "columns": {str(k): str(v) for k, v in data.columns.items()},
+                "onInvalid": data.on_invalid,
+                "eventWeights": {k: float(v) for k, v in data.event_weights.items()},
+                "halfLifeDays": _number(data.half_life_days),
+                "minUserItems": data.min_user_items,
+                "excludeItems": list(data.exclude_items),
+                "catalog": catalog,
+            },
+            "model": {
+                "algorithm": self.model.algorithm,
+                "params": {k: _number(v) for k, v in self.model.params.items()},
+            },
+            "evaluation": {
+                "k": int(evaluation["k"]),
+                "split": str(evaluation["split"]),
+                "testFraction": float(evaluation["testFraction"]),
+                "seed": int(evaluation["seed"]),
+            },
+            "tune": {
+                "enabled": bool(tune["enabled"]),
+                "method": str(tune.get("method", "random")),
+                "budgetSeconds": tune.get("budgetSeconds"),
+                "trials": tune.get("trials"),
+            },
+        }
 
     @property
     def routing_salt(self) -> str:

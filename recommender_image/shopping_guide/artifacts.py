@@ -39,6 +39,7 @@ import numpy.typing as npt
 
 from shopping_guide_contracts.routing import RoutingError
 from shopping_guide_contracts.routing import parse as parse_routing
+from shopping_guide_contracts.versions import validate_version
 
 from .errors import ArtifactError, ConfigError
 from .model import Model
@@ -85,9 +86,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 def new_version(now: datetime | None = None) -> str:
-    """Sortable by time, unique by a random suffix, valid as a Kubernetes label value."""
+    """Sortable by time, unique by a random suffix, valid as a Kubernetes label value and in
+    the shared version grammar (shopping_guide_contracts.versions)."""
     now = now or datetime.now(UTC)
-    return f"v{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    return validate_version(f"v{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}")
 
 
 def parse_guide(value: str) -> tuple[str, str]:

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -254,6 +255,17 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve /metrics on this port (same host) instead of the serving port",
+    )
+    p.add_argument(
+        "--guide-name",
+        default=os.environ.get("SHOPPING_GUIDE_NAME", ""),
+        help="the ShoppingGuide served: the `guide` label of every metric "
+        "(default: $SHOPPING_GUIDE_NAME)",
+    )
+    p.add_argument(
         "--reload-interval",
         type=float,
         default=2.0,
@@ -291,6 +303,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     from .artifacts import ModelStore
     from .serving.app import build_app
+    from .serving.metrics import ServerMetrics
     from .serving.registry import Registry
 
     registry = Registry(
@@ -300,6 +313,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     )
     app = build_app(
         registry,
+        metrics=ServerMetrics(guide=args.guide_name),
+        metrics_address=None if args.metrics_port is None else (args.host, args.metrics_port),
         served_capacity=args.feedback_capacity,
         reload_interval=args.reload_interval,
         admin_token=args.admin_token_file.read_text().strip() if args.admin_token_file else None,
@@ -391,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_path = getattr(args, "termination_log", None)
         if log_path:
             with contextlib.suppress(OSError):
-                Path(log_path).write_text(training_result.encode_failure(reason))
+                Path(log_path).write_text(training_result.encode_failure(reason), encoding="utf-8")
         return 1
 
 

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import yaml
 
+from .versions import VersionError, validate_version
+
 SCHEMA_VERSION = 1
 CONFIGMAP_KEY = "routing.json"
 BASIS_POINTS = 10_000
@@ -52,8 +54,12 @@ class Routing:
             raise RoutingError(f"generation must be >= 0, got {self.generation}")
         for name in ("stable", "canary"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value or "/" in value):
-                raise RoutingError(f"{name} must be a version name, got {value!r}")
+            if value is None:
+                continue
+            try:
+                validate_version(value, f"routing {name}")
+            except VersionError as exc:
+                raise RoutingError(f"{name} must be a version name: {exc}") from exc
 
     def cohort(self, user_id: str) -> Cohort:
         if self.canary is None or self.canary_weight_basis_points == 0:

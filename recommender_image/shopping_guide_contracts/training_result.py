@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .versions import VersionError, validate_version
+
 SCHEMA_VERSION = 1
 TERMINATION_MESSAGE_LIMIT = 4096
 
@@ -37,8 +39,10 @@ def validate(document: Any) -> dict[str, Any]:
     schema = document.get("schema", SCHEMA_VERSION)
     if schema != SCHEMA_VERSION:
         raise ResultError(f"training result schema {schema} is not {SCHEMA_VERSION}")
-    if not isinstance(document["version"], str) or not document["version"]:
-        raise ResultError("training result 'version' must be a non-empty string")
+    try:
+        validate_version(document["version"], "training result 'version'")
+    except VersionError as exc:
+        raise ResultError(str(exc)) from exc
     for section in ("metrics",):
         values = document[section]
         if not isinstance(values, dict) or not all(
@@ -77,6 +81,29 @@ def decode(text: str) -> dict[str, Any]:
 
 
 def encode_failure(reason: str) -> str:
-    """The termination message of a failed run: the reason, cut to fit."""
-    document = {"schema": SCHEMA_VERSION, "error": reason[: TERMINATION_MESSAGE_LIMIT - 64]}
-    return json.dumps(document, separators=(",", ":"))
+    """The termination message of a failed run: the reason, cut to fit.
+
+    The whole document is at most TERMINATION_MESSAGE_LIMIT bytes of UTF-8 (write it as
+    UTF-8). Non-ASCII text is kept as it is rather than \\u-escaped, so more of the reason
+    fits, and the cut falls between characters, never inside one; a lone surrogate (an
+    undecodable file name) becomes U+FFFD.
+    """
+    reason = reason.encode("utf-8", "replace").decode("utf-8")
+
+    def encoded(text: str, cut: bool) -> bytes:
+        document: dict[str, Any] = {"schema": SCHEMA_VERSION, "error": text}
+        if cut:
+            document["truncated"] = True
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    if len(encoded(reason, False)) <= TERMINATION_MESSAGE_LIMIT:
+        return encoded(reason, False).decode("utf-8")
+    # The longest prefix that fits: the size only grows with the prefix, so bisect on it.
+    low, high = 0, len(reason)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(encoded(reason[:middle], True)) <= TERMINATION_MESSAGE_LIMIT:
+            low = middle
+        else:
+            high = middle - 1
+    return encoded(reason[:low], True).decode("utf-8")

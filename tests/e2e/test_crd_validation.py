@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from shopping_guide_operator.spec import Guide
 from tests.conftest import REPO
 from tests.e2e.conftest import Kube
 
@@ -172,6 +174,305 @@ INVALID: list[tuple[str, Mutation, str]] = [
         _set("spec.rollout.analysis", {"prometheus": {"address": "prometheus:9090"}}),
         "must be an http:// or https:// URL",
     ),
+    # Names that become object names or references to them (DNS-1123 subdomains).
+    (
+        "an events claim name with capitals",
+        _set("spec.data.interactions.persistentVolumeClaim.claimName", "Events"),
+        "spec.data.interactions.persistentVolumeClaim.claimName in body should match",
+    ),
+    (
+        "a model store claim name with a slash",
+        _set("spec.modelStore.persistentVolumeClaim.claimName", "models/a"),
+        "spec.modelStore.persistentVolumeClaim.claimName in body should match",
+    ),
+    (
+        "a model store claim name too long",
+        _set("spec.modelStore.persistentVolumeClaim.claimName", "m" * 254),
+        "spec.modelStore.persistentVolumeClaim.claimName: Too long",
+    ),
+    (
+        "an image pull secret with an underscore",
+        _set("spec.imagePullSecrets", [{"name": "pull_secret"}]),
+        "spec.imagePullSecrets[0].name in body should match",
+    ),
+    # Image references.
+    (
+        "an image with a space",
+        _set("spec.image", "registry.example.com/a b:1"),
+        "spec.image in body should match",
+    ),
+    (
+        "an image with capitals in its path",
+        _set("spec.image", "registry.example.com/Shop/rec:1"),
+        "spec.image in body should match",
+    ),
+    (
+        "an image with an empty tag",
+        _set("spec.image", "registry.example.com/rec:"),
+        "spec.image in body should match",
+    ),
+    (
+        "an image with a short digest",
+        _set("spec.image", "rec@sha256:abc"),
+        "spec.image in body should match",
+    ),
+    (
+        "an image given as a URL",
+        _set("spec.image", "https://registry.example.com/rec:1"),
+        "spec.image in body should match",
+    ),
+    # Cron schedules: five fields, each within its range.
+    (
+        "a minute of 60",
+        _set("spec.training.schedule", "60 * * * *"),
+        "spec.training.schedule: Invalid value",
+    ),
+    (
+        "an hour of 24",
+        _set("spec.training.schedule", "0 24 * * *"),
+        "must be a cron schedule of five fields",
+    ),
+    (
+        "a day of month 0",
+        _set("spec.training.schedule", "0 0 0 * *"),
+        "must be a cron schedule of five fields",
+    ),
+    (
+        "a month of 13",
+        _set("spec.training.schedule", "0 0 1 13 *"),
+        "must be a cron schedule of five fields",
+    ),
+    (
+        "a day of week 8",
+        _set("spec.training.schedule", "0 0 * * 8"),
+        "must be a cron schedule of five fields",
+    ),
+    (
+        "a cron schedule of six fields",
+        _set("spec.training.schedule", "0 0 * * * *"),
+        "must be a cron schedule of five fields",
+    ),
+    (
+        "a step of zero",
+        _set("spec.training.schedule", "*/0 * * * *"),
+        "must be a cron schedule of five fields",
+    ),
+    (
+        "a cron schedule of words",
+        _set("spec.training.schedule", "every day"),
+        "must be a cron schedule of five fields",
+    ),
+    (
+        "an unknown macro",
+        _set("spec.training.schedule", "@fortnightly"),
+        "must be a cron schedule of five fields",
+    ),
+    # Time zones.
+    (
+        "a time zone that climbs out",
+        _set("spec.training.timeZone", "../../etc/passwd"),
+        "spec.training.timeZone in body should match",
+    ),
+    (
+        "a time zone with a space",
+        _set("spec.training.timeZone", "Europe/Ber lin"),
+        "spec.training.timeZone in body should match",
+    ),
+    # Quantities.
+    (
+        "a negative memory request",
+        _set("spec.serving.resources", {"requests": {"memory": "-1Gi"}}),
+        "spec.serving.resources.requests.memory in body should match",
+    ),
+    (
+        "a cpu of 'two'",
+        _set("spec.training.resources", {"requests": {"cpu": "two"}}),
+        "spec.training.resources.requests.cpu in body should match",
+    ),
+    (
+        "a memory unit of GB",
+        _set("spec.training.resources", {"limits": {"memory": "4GB"}}),
+        "spec.training.resources.limits.memory in body should match",
+    ),
+    (
+        "a limit below its request",
+        _set(
+            "spec.serving.resources", {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}
+        ),
+        "resources.limits must not be below resources.requests",
+    ),
+    (
+        "a resource name that is no resource",
+        _set("spec.serving.resources", {"requests": {"gpus": "1"}}),
+        "resource names are cpu, memory, ephemeral-storage",
+    ),
+    (
+        "a custom metric target that is no quantity",
+        _set("spec.serving.autoscaling.metric", {"name": "rps", "averageValue": "lots"}),
+        "spec.serving.autoscaling.metric.averageValue in body should match",
+    ),
+    # Durations, in the units the operator reads.
+    (
+        "a retry delay in days",
+        _set("spec.training.retry", {"initialDelay": "1d"}),
+        "spec.training.retry.initialDelay in body should match",
+    ),
+    (
+        "a negative max delay",
+        _set("spec.training.retry", {"maxDelay": "-5m"}),
+        "spec.training.retry.maxDelay in body should match",
+    ),
+    (
+        "an analysis interval without a unit",
+        _set("spec.rollout.analysis", {"interval": "60"}),
+        "spec.rollout.analysis.interval in body should match",
+    ),
+    (
+        "a progress deadline in words",
+        _set("spec.rollout.progressDeadline", "an hour"),
+        "spec.rollout.progressDeadline in body should match",
+    ),
+    # Version names.
+    (
+        "a pinned version that climbs out",
+        _set("spec.model.pinnedVersion", ".."),
+        "spec.model.pinnedVersion in body should match",
+    ),
+    (
+        "a pinned version with '..' inside",
+        _set("spec.model.pinnedVersion", "v1..v2"),
+        "model.pinnedVersion must be a model version name",
+    ),
+    (
+        "a pinned version with a slash",
+        _set("spec.model.pinnedVersion", "models/v1"),
+        "spec.model.pinnedVersion in body should match",
+    ),
+    (
+        "a pinned version with capitals",
+        _set("spec.model.pinnedVersion", "V1"),
+        "spec.model.pinnedVersion in body should match",
+    ),
+    # URLs.
+    (
+        "a Prometheus address with a query",
+        _set("spec.rollout.analysis", {"prometheus": {"address": "http://prometheus:9090/?x=1"}}),
+        "http(s)://host[:port][/path]",
+    ),
+    (
+        "a Prometheus address with credentials",
+        _set("spec.rollout.analysis", {"prometheus": {"address": "http://u:p@prometheus:9090"}}),
+        "rollout.analysis.prometheus.address must be an http:// or https:// URL",
+    ),
+    (
+        "a Prometheus address with port 99999",
+        _set("spec.rollout.analysis", {"prometheus": {"address": "http://prometheus:99999"}}),
+        "rollout.analysis.prometheus.address must be an http:// or https:// URL",
+    ),
+    (
+        "a Prometheus address of another scheme",
+        _set("spec.rollout.analysis", {"prometheus": {"address": "ftp://prometheus"}}),
+        "rollout.analysis.prometheus.address must be an http:// or https:// URL",
+    ),
+    (
+        "a Prometheus selector key that is no label name",
+        _set(
+            "spec.rollout.analysis",
+            {"prometheus": {"address": "http://p:9090", "selector": {"app-name": "x"}}},
+        ),
+        "selector keys must be Prometheus label names",
+    ),
+    # Ports.
+    (
+        "a serving port below 1024",
+        _set("spec.serving.port", 80),
+        "spec.serving.port: Invalid value",
+    ),
+    (
+        "a metrics port above 65535",
+        _set("spec.serving.metricsPort", 70000),
+        "spec.serving.metricsPort: Invalid value",
+    ),
+    (
+        "metrics on the serving port",
+        _set("spec.serving.metricsPort", 8080),
+        "serving.port and serving.metricsPort must differ",
+    ),
+    (
+        "a service port of 0",
+        _set("spec.serving.service", {"port": 0}),
+        "spec.serving.service.port: Invalid value",
+    ),
+    # Percentages and counts.
+    (
+        "a CPU target of 150%",
+        _set("spec.serving.autoscaling.targetCPUUtilizationPercentage", 150),
+        "spec.serving.autoscaling.targetCPUUtilizationPercentage: Invalid value",
+    ),
+    (
+        "a PDB of 150%",
+        _set("spec.serving.podDisruptionBudget", {"maxUnavailable": "150%"}),
+        "percentage from 0% to 100%",
+    ),
+    (
+        "a rollout weight of 0",
+        _set("spec.rollout.steps", [{"weight": 0}]),
+        "spec.rollout.steps[0].weight: Invalid value",
+    ),
+    (
+        "maxReplicas 0",
+        _set("spec.serving.autoscaling.maxReplicas", 0),
+        "spec.serving.autoscaling.maxReplicas: Invalid value",
+    ),
+    (
+        "maxReplicas below the default minReplicas",
+        _set("spec.serving.autoscaling", {"maxReplicas": 1, "targetCPUUtilizationPercentage": 50}),
+        "minReplicas must not exceed maxReplicas",
+    ),
+    # Label selectors, node selectors and tolerations.
+    (
+        "a network policy peer with a bad operator",
+        _set(
+            "spec.serving.networkPolicy",
+            {"from": [{"podSelector": {"matchExpressions": [{"key": "a", "operator": "Equals"}]}}]},
+        ),
+        "podSelector.matchExpressions[0].operator: Unsupported value",
+    ),
+    (
+        "a metrics peer without a selector",
+        _set("spec.serving.networkPolicy", {"metricsFrom": [{}]}),
+        "each serving.networkPolicy.metricsFrom entry needs a podSelector",
+    ),
+    (
+        "a metrics peer CIDR that is no CIDR",
+        _set(
+            "spec.serving.networkPolicy", {"metricsFrom": [{"ipBlock": {"cidr": "10.0.0.300/8"}}]}
+        ),
+        "ipBlock.cidr must be a CIDR",
+    ),
+    (
+        "a node selector key with a space",
+        _set("spec.serving.nodeSelector", {"node pool": "a"}),
+        "nodeSelector keys must be label keys",
+    ),
+    (
+        "a node selector value too long",
+        _set("spec.training.nodeSelector", {"pool": "a" * 64}),
+        "spec.training.nodeSelector.pool: Too long",
+    ),
+    (
+        "a toleration without key or Exists",
+        _set("spec.training.tolerations", [{"operator": "Equal", "value": "x"}]),
+        "a toleration without a key must have operator Exists",
+    ),
+    (
+        "tolerationSeconds on NoSchedule",
+        _set(
+            "spec.serving.tolerations",
+            [{"key": "k", "effect": "NoSchedule", "tolerationSeconds": 5}],
+        ),
+        "tolerationSeconds applies to the NoExecute effect only",
+    ),
 ]
 
 
@@ -193,12 +494,96 @@ def apply(kube: Kube, namespace: str, body: dict[str, Any], *flags: str) -> Any:
     )
 
 
-def test_the_valid_manifest_and_the_example_are_accepted(crd: Kube, namespace: str) -> None:
-    assert apply(crd, namespace, VALID, "--dry-run=server").returncode == 0
-    example = yaml.safe_load((REPO / "examples" / "storefront.yaml").read_text())
+@pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_examples_are_accepted(crd: Kube, namespace: str, path: Path) -> None:
+    example = yaml.safe_load(path.read_text())
     example["metadata"]["namespace"] = namespace
     out = apply(crd, namespace, example, "--dry-run=server")
     assert out.returncode == 0, out.stderr
+
+
+# (what is right, how): edge cases of the rules above that must pass.
+VALID_VARIANTS: list[tuple[str, Mutation]] = [
+    ("the valid manifest", _set("spec.image", VALID["spec"]["image"])),
+    (
+        "an image by digest",
+        _set("spec.image", "registry.example.com:5000/shop/rec@sha256:" + "a" * 64),
+    ),
+    (
+        "an image on a local registry",
+        _set("spec.image", "localhost/shopping-guide/recommender:0.1.0"),
+    ),
+    ("an image without a registry", _set("spec.image", "recommender")),
+    (
+        "a cron of lists, ranges and steps",
+        _set("spec.training.schedule", "0,30 8-18/2 1-15 JAN-JUN mon-fri"),
+    ),
+    ("a cron with ? and 7 for Sunday", _set("spec.training.schedule", "15 3 ? * 7")),
+    ("a cron macro", _set("spec.training.schedule", "@daily")),
+    ("a time zone", _set("spec.training.timeZone", "America/Argentina/Buenos_Aires")),
+    ("UTC", _set("spec.training.timeZone", "UTC")),
+    (
+        "quantities",
+        _set(
+            "spec.serving.resources",
+            {
+                "requests": {"cpu": "500m", "memory": "1Gi", "nvidia.com/gpu": 1},
+                "limits": {"memory": "1.5Gi", "cpu": 2},
+            },
+        ),
+    ),
+    ("a pinned version", _set("spec.model.pinnedVersion", "v20261201-115447-a1b2c3")),
+    (
+        "a Prometheus address with a path",
+        _set(
+            "spec.rollout.analysis",
+            {"prometheus": {"address": "https://prom.monitoring.svc:9090/prometheus"}},
+        ),
+    ),
+    (
+        "a Prometheus address by IPv6",
+        _set("spec.rollout.analysis", {"prometheus": {"address": "http://[fd00::1]:9090"}}),
+    ),
+    ("a PDB of 100%", _set("spec.serving.podDisruptionBudget", {"minAvailable": "100%"})),
+    (
+        "metrics peers",
+        _set(
+            "spec.serving.networkPolicy",
+            {
+                "metricsFrom": [
+                    {"ipBlock": {"cidr": "198.19.0.1/32"}},
+                    {
+                        "namespaceSelector": {
+                            "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
+                        }
+                    },
+                ]
+            },
+        ),
+    ),
+    ("a toleration of every taint", _set("spec.serving.tolerations", [{"operator": "Exists"}])),
+    ("durations", _set("spec.training.retry", {"initialDelay": "1.5s", "maxDelay": "1h30m"})),
+]
+
+
+@pytest.mark.parametrize(("case", "mutate"), VALID_VARIANTS, ids=[c[0] for c in VALID_VARIANTS])
+def test_valid_variants_are_accepted(
+    crd: Kube, namespace: str, case: str, mutate: Mutation
+) -> None:
+    body = copy.deepcopy(VALID)
+    mutate(body)
+    out = apply(crd, namespace, body, "--dry-run=server")
+    assert out.returncode == 0, out.stderr
+
+
+def test_the_spec_hash_ignores_the_defaults_the_api_server_fills_in(
+    crd: Kube, namespace: str
+) -> None:
+    out = apply(crd, namespace, VALID, "--dry-run=server", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    stored = yaml.safe_load(out.stdout)
+    assert stored["spec"] != VALID["spec"]  # defaults were filled in
+    assert Guide.parse(stored).model_spec_hash() == Guide.parse(VALID).model_spec_hash()
 
 
 def test_defaults_are_filled_in(crd: Kube, namespace: str) -> None:
@@ -215,6 +600,10 @@ def test_defaults_are_filled_in(crd: Kube, namespace: str) -> None:
     assert spec["serving"]["replicas"] == 2
     assert spec["serving"]["podDisruptionBudget"] == {"enabled": True}
     assert spec["data"]["interactions"]["columns"]["user"] == "user_id"
+
+
+def test_the_corpus_is_large() -> None:
+    assert len(INVALID) >= 40
 
 
 @pytest.mark.parametrize(("case", "mutate", "message"), INVALID, ids=[c[0] for c in INVALID])

@@ -25,6 +25,9 @@ from shopping_guide.events import EventSchema, load_events
 from shopping_guide.interactions import build_interactions
 from tests.conftest import two_taste_rows
 
+# The guide the fixture's server says it serves (SHOPPING_GUIDE_NAME).
+GUIDE = "storefront"
+
 
 @dataclass
 class Models:
@@ -87,6 +90,8 @@ class Server:
     routing: RoutingDir
     models: Models
     log: Path
+    # Where /metrics answers: the metrics port when the server was given one.
+    metrics_url: str = ""
 
     def request(
         self, method: str, path: str, body: Any = None, raw: bytes | None = None
@@ -108,8 +113,12 @@ class Server:
     def get(self, path: str) -> tuple[int, Any]:
         return self.request("GET", path)
 
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen((self.metrics_url or self.url) + "/metrics", timeout=30) as r:
+            return str(r.read().decode())
+
     def metric(self, name: str, **labels: str) -> float:
-        _, text = self.get("/metrics")
+        text = self.metrics_text()
         total = 0.0
         for line in text.splitlines():
             if not line.startswith(name + "{") and not line.startswith(name + " "):
@@ -133,17 +142,21 @@ class Server:
 def server(models: Models, tmp_path: Path) -> Iterator[Server]:
     routing = RoutingDir(tmp_path / "routing")
     routing.write({"stable": models.als, "canary": None, "salt": "s1", "generation": 1})
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     log = tmp_path / "server.log"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "SHOPPING_GUIDE_NAME": GUIDE}
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "shopping_guide.cli", "serve", "--model-store",
              str(models.store), "--routing", str(routing.path), "--host", "127.0.0.1",
-             "--port", str(port), "--reload-interval", "0.2", "--shutdown-timeout", "5"],
+             "--port", str(port), "--metrics-port", str(metrics_port),
+             "--reload-interval", "0.2", "--shutdown-timeout", "5"],
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
-    srv = Server(f"http://127.0.0.1:{port}", process, routing, models, log)
+    srv = Server(
+        f"http://127.0.0.1:{port}", process, routing, models, log,
+        metrics_url=f"http://127.0.0.1:{metrics_port}",
+    )  # fmt: skip
     try:
         srv.wait_for(lambda: _ready(srv))
         yield srv

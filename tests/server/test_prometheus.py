@@ -29,7 +29,7 @@ SELECTOR = {"shoppingguide": "storefront"}
 def prometheus(server: Server, tmp_path: Path) -> Iterator[str]:
     binary = prometheus_binary()
     port = free_port()
-    target = server.url.removeprefix("http://")
+    target = server.metrics_url.removeprefix("http://")
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"

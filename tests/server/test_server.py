@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.server.conftest import Server, corrupt_copy
+from tests.server.conftest import GUIDE, Server, corrupt_copy
 
 
 def test_recommends_the_users_missing_item_first(server: Server) -> None:
@@ -164,6 +164,44 @@ def test_a_corrupt_canary_is_not_served(server: Server) -> None:
         assert status == 200 and body["model_version"] == models.als
         assert body["cohort"] == "stable"
     assert server.metric("shopping_guide_model_load_failures_total", model_version=broken) >= 1
+    # The failure is a series of its own, with a short reason, and holds the generation back:
+    # generation 3 is not in effect while its canary does not serve.
+    (failed,) = [
+        line
+        for line in server.metrics_text().splitlines()
+        if line.startswith("shopping_guide_model_load_failed{")
+    ]
+    assert f'model_version="{broken}"' in failed and failed.endswith(" 1.0")
+    reason = failed.split('reason="', 1)[1].split('"', 1)[0]
+    assert reason.startswith("ArtifactError: ") and "sha256" in reason and len(reason) <= 200
+    assert server.metric("shopping_guide_routing_generation") == 1
+    assert ready["generation"] == 1
+    # Routed away from the broken canary: the series goes, the new generation is in effect.
+    server.routing.write({"stable": models.als, "salt": "s1", "generation": 4})
+    server.wait_for(lambda: server.metric("shopping_guide_routing_generation") == 4)
+    assert "shopping_guide_model_load_failed{" not in server.metrics_text()
+    assert server.metric("shopping_guide_canary_load_failed") == 0
+
+
+def test_every_metric_names_its_guide_and_is_served_on_the_metrics_port(server: Server) -> None:
+    server.get("/v1/recommendations?user_id=a-user-0")
+    samples = [
+        line
+        for line in server.metrics_text().splitlines()
+        if line.startswith("shopping_guide_") and not line.startswith("#")
+    ]
+    names = {line.split("{", 1)[0].split(" ", 1)[0] for line in samples}
+    assert {
+        "shopping_guide_requests_total",
+        "shopping_guide_routing_generation",
+        "shopping_guide_model_info",
+        "shopping_guide_recommendations_total",
+    } <= names
+    unlabelled = [line for line in samples if f'guide="{GUIDE}"' not in line]
+    assert not unlabelled, unlabelled[:5]
+    # The serving port serves shoppers only: the NetworkPolicy admits scrapers on the other.
+    status, _ = server.get("/metrics")
+    assert status == 404
 
 
 def test_reload_under_load_drops_no_request(server: Server) -> None:

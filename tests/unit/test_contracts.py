@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import random
+from typing import Any
 
 import pytest
+import yaml
 
+from shopping_guide.artifacts import new_version
+from shopping_guide_contracts import training_result
 from shopping_guide_contracts.routing import BASIS_POINTS, Routing, RoutingError, bucket, parse
+from shopping_guide_contracts.training_result import ResultError
+from shopping_guide_contracts.versions import (
+    MAX_LENGTH,
+    VERSION_CEL_RULE,
+    VERSION_PATTERN,
+    VersionError,
+    is_valid_version,
+    validate_version,
+)
+from shopping_guide_operator.runs import JobView, judge
+from shopping_guide_operator.spec import Gate
+from tests.conftest import REPO
 
 
 def test_bucket_is_deterministic_and_salted() -> None:
@@ -58,3 +75,92 @@ def test_round_trip_and_yaml() -> None:
 def test_bad_documents_are_rejected(text: str, message: str) -> None:
     with pytest.raises(RoutingError, match=message):
         parse(text)
+
+
+# The version grammar -----------------------------------------------------------------------
+GOOD_VERSIONS = ["v1", "v20261201-115447-a1b2c3", "2026.12.01", "a", "model_7", "v" + "1" * 62]
+BAD_VERSIONS = [
+    "",
+    "..",
+    "a/b",
+    "../etc",
+    "v1..v2",
+    ".hidden",
+    "-v1",
+    "v1-",
+    "V1",
+    "v 1",
+    "v1\n",
+    "v" * 64,
+    "é",
+]
+
+
+@pytest.mark.parametrize("version", GOOD_VERSIONS)
+def test_good_version_names(version: str) -> None:
+    assert validate_version(version) == version
+    assert Routing(version, None).stable == version
+
+
+@pytest.mark.parametrize("version", BAD_VERSIONS)
+def test_bad_version_names_are_refused_everywhere(version: str) -> None:
+    with pytest.raises(VersionError):
+        validate_version(version)
+    with pytest.raises(RoutingError, match="version name"):
+        Routing(version, None)
+    with pytest.raises(RoutingError, match="version name"):
+        Routing("v1", version)
+    with pytest.raises(ResultError, match="not a version name"):
+        training_result.validate(_result(version))
+
+
+def test_the_trainer_mints_valid_names() -> None:
+    for _ in range(20):
+        assert is_valid_version(new_version())
+
+
+def test_a_result_with_a_slash_in_its_version_is_a_failed_run() -> None:
+    message = training_result.encode_termination_message(_result("models/v1"))
+    job = JobView("storefront-train-1", "initial", "Succeeded", 1.0, 2.0)
+    finished = judge(job, message, Gate(), None, 3.0)
+    assert finished.outcome == "Failed"
+    assert finished.version is None
+    assert "unreadable training result" in finished.message
+    assert "'models/v1' is not a version name" in finished.message
+
+
+def _result(version: str) -> dict[str, Any]:
+    return {
+        "version": version,
+        "artifact": f"/models/{version}",
+        "metrics": {"ndcg@10": 0.3},
+        "baseline": {"popularity": {"ndcg@10": 0.1}},
+        "data": {},
+    }
+
+
+# The failure message -----------------------------------------------------------------------
+@pytest.mark.parametrize("char", ["é", "😀", "x", '"', "\u2028", "\x00"])
+def test_a_long_failure_fits_the_termination_message(char: str) -> None:
+    reason = "fault: " + char * 10_000
+    text = training_result.encode_failure(reason)
+    assert len(text.encode("utf-8")) <= training_result.TERMINATION_MESSAGE_LIMIT
+    document = json.loads(text)
+    assert document["schema"] == training_result.SCHEMA_VERSION
+    assert reason.startswith(document["error"])
+    # Cut close to the limit, not far below it.
+    assert len(text.encode("utf-8")) > training_result.TERMINATION_MESSAGE_LIMIT - 16
+
+
+def test_a_short_failure_is_kept_whole() -> None:
+    text = training_result.encode_failure("disk full é 😀")
+    assert json.loads(text)["error"] == "disk full é 😀"
+
+
+def test_the_crd_pins_versions_by_the_same_grammar() -> None:
+    crd = yaml.safe_load((REPO / "crds" / "shoppingguide.io_shoppingguides.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    pinned = schema["properties"]["spec"]["properties"]["model"]["properties"]["pinnedVersion"]
+    assert pinned["pattern"] == VERSION_PATTERN
+    assert [r["rule"] for r in pinned["x-kubernetes-validations"]] == [VERSION_CEL_RULE]
+    assert pinned["maxLength"] == MAX_LENGTH

@@ -37,6 +37,11 @@ def server_args(guide: Guide) -> list[str]:
         "$(POD_IP)",
         "--port",
         str(guide.serving.port),
+        # /metrics on a port of its own: the NetworkPolicy opens it to scrapers only.
+        "--metrics-port",
+        str(guide.serving.metrics_port),
+        "--guide-name",
+        guide.name,
     ]
 
 
@@ -52,8 +57,14 @@ def build_deployment(guide: Guide) -> JSON:
         "env": [
             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "OPENBLAS_NUM_THREADS", "value": "1"},
+            # The `guide` label of every metric the server exports.
+            {"name": "SHOPPING_GUIDE_NAME", "value": guide.name},
         ],
-        "ports": [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": serving.port, "protocol": "TCP"},
+            # Scrape configs keep the container port named `metrics`.
+            {"name": "metrics", "containerPort": serving.metrics_port, "protocol": "TCP"},
+        ],
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "http"},
             "initialDelaySeconds": 10,
@@ -87,7 +98,7 @@ def build_deployment(guide: Guide) -> JSON:
                 "labels": pod_labels,
                 "annotations": {
                     "prometheus.io/scrape": "true",
-                    "prometheus.io/port": str(serving.port),
+                    "prometheus.io/port": str(serving.metrics_port),
                     "prometheus.io/path": "/metrics",
                 },
             },

@@ -1,4 +1,5 @@
-"""An optional NetworkPolicy: only the listed peers reach the serving port."""
+"""An optional NetworkPolicy: only the listed peers reach the serving port, and only the
+metrics peers (default: any pod of the cluster, so Prometheus scrapes) the metrics port."""
 
 from __future__ import annotations
 
@@ -23,7 +24,11 @@ def build_network_policy(guide: Guide) -> JSON | None:
                     # No peers listed: any pod of this namespace, nothing from outside it.
                     "from": [dict(p) for p in peers] or [{"podSelector": {}}],
                     "ports": [{"port": guide.serving.port, "protocol": "TCP"}],
-                }
+                },
+                {
+                    "from": [dict(p) for p in guide.serving.network_policy_metrics_from],
+                    "ports": [{"port": guide.serving.metrics_port, "protocol": "TCP"}],
+                },
             ],
         },
     }

@@ -391,6 +391,10 @@ def _publish(metrics: ServerMetrics, snapshot: Snapshot) -> None:
         metrics.model_load_seconds.labels(version).set(model.load_seconds)
     for version in snapshot.failures:
         metrics.model_load_failures.labels(version).inc()
+    # One series per routed version that does not load; gone once it loads or is unrouted.
+    metrics.model_load_failed.clear()
+    for version, reason in snapshot.failures.items():
+        metrics.model_load_failed.labels(version, reason).set(1)
     if snapshot.generation_applied is not None:
         metrics.routing_generation.set(snapshot.generation_applied)
     serving_canary = snapshot.canary is not None
@@ -400,6 +404,22 @@ def _publish(metrics: ServerMetrics, snapshot: Snapshot) -> None:
     metrics.canary_failed.set(1 if routing and routing.canary and not serving_canary else 0)
 
 
+def _metrics_site(
+    metrics: ServerMetrics, host: str, port: int
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def serve_metrics(app: web.Application) -> AsyncIterator[None]:
+        metrics_app = web.Application()
+        metrics_app[METRICS] = metrics
+        metrics_app.router.add_get("/metrics", metrics_endpoint)
+        runner = web.AppRunner(metrics_app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        yield
+        await runner.cleanup()
+
+    return serve_metrics
+
+
 def build_app(
     registry: Registry,
     *,
@@ -407,7 +427,11 @@ def build_app(
     served_capacity: int = 200_000,
     reload_interval: float = 2.0,
     admin_token: str | None = None,
+    metrics_address: tuple[str, int] | None = None,
 ) -> web.Application:
+    """The server. With `metrics_address` (host, port), /metrics answers there only, on a
+    port of its own that a NetworkPolicy can open to scrapers and close to shoppers; without
+    it, on the serving port."""
     app = web.Application(middlewares=[errors_and_metrics], client_max_size=MAX_BODY_BYTES)
     app[REGISTRY] = registry
     app[METRICS] = metrics or ServerMetrics()
@@ -425,7 +449,10 @@ def build_app(
     app.router.add_post("/v1/guide", guide_query)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
+    if metrics_address is None:
+        app.router.add_get("/metrics", metrics_endpoint)
+    else:
+        app.cleanup_ctx.append(_metrics_site(server_metrics, *metrics_address))
 
     async def start_watching(app: web.Application) -> AsyncIterator[None]:
         # Load in the background: /healthz answers while a large model is still loading.

@@ -1,22 +1,59 @@
 """Prometheus metrics of the server, labelled by model version and cohort.
 
 The canary analysis divides these per version: requests and errors, latency, and
-click-through (feedback clicks over recommendations served).
+click-through (feedback clicks over recommendations served). Every series also carries the
+constant label `guide`, the ShoppingGuide this server serves (SHOPPING_GUIDE_NAME): the
+operator selects `{namespace=..., guide=...}`, so two guides in one namespace never mix.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+GUIDE_ENV = "SHOPPING_GUIDE_NAME"
+GUIDE_LABEL = "guide"
+REASON_LIMIT = 200
 
 # Latency buckets around the targets (single-digit milliseconds).
 _BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25,
             0.5, 1.0, 2.5)  # fmt: skip
 
 
+class _ConstantLabels(Collector):
+    """Every metric of `inner`, each sample with `labels` added (prometheus_client has no
+    constant labels of its own)."""
+
+    def __init__(self, inner: CollectorRegistry, labels: dict[str, str]) -> None:
+        self.inner, self.labels = inner, labels
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.inner.collect():
+            out = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+            out.samples = [s._replace(labels={**self.labels, **s.labels}) for s in metric.samples]
+            yield out
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A load failure as a label value: exception type and first line, at most 200 chars."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= REASON_LIMIT else text[: REASON_LIMIT - 3] + "..."
+
+
 class ServerMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    """`registry` is what /metrics exports: the server's metrics, each with `guide`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, guide: str | None = None) -> None:
+        self.guide = os.environ.get(GUIDE_ENV, "") if guide is None else guide
         self.registry = registry or CollectorRegistry()
-        r = self.registry
+        # The metrics live in a registry of their own; the exported one adds the guide label.
+        r = CollectorRegistry()
+        self.registry.register(_ConstantLabels(r, {GUIDE_LABEL: self.guide}))
         labels = ("endpoint", "model_version", "cohort")
         self.requests = Counter(
             "shopping_guide_requests", "Requests answered", (*labels, "code"), registry=r
@@ -63,6 +100,11 @@ class ServerMetrics:
         self.canary_weight = Gauge(
             "shopping_guide_canary_weight_basis_points", "Canary weight in effect", registry=r
         )
+        self.model_load_failed = Gauge(
+            "shopping_guide_model_load_failed",
+            "1 while a routed version cannot load; reason: exception type and first line",
+            ("model_version", "reason"), registry=r,
+        )  # fmt: skip
         self.canary_failed = Gauge(
             "shopping_guide_canary_load_failed", "1 while the routed canary could not load",
             registry=r,

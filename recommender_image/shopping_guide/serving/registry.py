@@ -21,6 +21,7 @@ from shopping_guide_contracts.routing import Cohort, Routing, RoutingError, pars
 
 from ..artifacts import ModelStore
 from ..errors import ShoppingGuideError
+from .metrics import failure_reason
 from .scorer import ServingModel
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,11 @@ RETRY_FAILED_AFTER_SECONDS = 30.0
 class Snapshot:
     routing: Routing | None = None
     models: dict[str, ServingModel] = field(default_factory=dict)
+    # Routed versions that could not load, with a short reason (metrics.failure_reason).
     failures: dict[str, str] = field(default_factory=dict)
-    # The routing generation fully in effect: a stable version that failed to load holds it.
+    # The routing generation fully in effect: it holds while any routed version (stable or
+    # canary) has not loaded, so the operator never takes a canary that no pod serves for one
+    # that does. The stable model keeps serving meanwhile.
     generation_applied: int | None = None
 
     @property
@@ -139,11 +143,11 @@ class Registry:
                 self._failed_at.pop(version, None)
                 log.info("loaded model %s", version)
             except (ShoppingGuideError, OSError, ValueError, MemoryError) as exc:
-                failures[version] = str(exc)
+                failures[version] = failure_reason(exc)
                 self._failed_at[version] = self._clock()
                 log.error("model %s failed to load: %s", version, exc)
         generation: int | None = routing.generation
-        if routing.stable and routing.stable not in models:
+        if any(version not in models for version in routing.versions()):
             generation = current.generation_applied
         if routing.stable and routing.stable not in models and current.stable is not None:
             # A stable version that cannot load never replaces one that serves.

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
 
 from shopping_guide_contracts.routing import CONFIGMAP_KEY, Routing, parse
 from shopping_guide_operator.builders.deployment import build_deployment
@@ -13,7 +18,9 @@ from shopping_guide_operator.builders.pdb import build_pdb
 from shopping_guide_operator.builders.routing import build_routing_configmap
 from shopping_guide_operator.builders.service import build_service
 from shopping_guide_operator.builders.training import build_cronjob, build_job, trainer_args
-from shopping_guide_operator.spec import Guide
+from shopping_guide_operator.spec import Guide, SpecError
+from tests.conftest import REPO
+from tests.unit.operator.conftest import deep_merge
 
 MakeGuide = Callable[..., Guide]
 OWNER = {
@@ -131,9 +138,23 @@ def test_network_policy_is_optional_and_defaults_to_the_namespace(make_guide: Ma
     assert build_network_policy(make_guide()) is None
     policy = build_network_policy(make_guide({"serving": {"networkPolicy": {}}}))
     assert policy is not None
-    (rule,) = policy["spec"]["ingress"]
+    rule, scrape = policy["spec"]["ingress"]
     assert rule["from"] == [{"podSelector": {}}]
     assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    # Prometheus, wherever in the cluster it runs, reaches the metrics port by default.
+    assert scrape == {
+        "from": [{"namespaceSelector": {}}],
+        "ports": [{"port": 9090, "protocol": "TCP"}],
+    }
+    scrapers = [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]
+    custom = build_network_policy(
+        make_guide({"serving": {"metricsPort": 9400, "networkPolicy": {"metricsFrom": scrapers}}})
+    )
+    assert custom is not None
+    assert custom["spec"]["ingress"][1] == {
+        "from": scrapers,
+        "ports": [{"port": 9400, "protocol": "TCP"}],
+    }
     peers = [{"namespaceSelector": {"matchLabels": {"team": "web"}}}]
     allowed = build_network_policy(make_guide({"serving": {"networkPolicy": {"from": peers}}}))
     assert allowed is not None
@@ -239,3 +260,87 @@ def test_spec_hash_ignores_what_does_not_change_the_model(make_guide: MakeGuide)
     assert make_guide({"image": "other:1"}).model_spec_hash() == base
     assert make_guide({"model": {"factors": 64}}).model_spec_hash() != base
     assert make_guide({"data": {"eventWeights": {"view": 2}}}).model_spec_hash() != base
+
+
+def test_a_pinned_version_outside_the_grammar_is_a_spec_error(make_guide: MakeGuide) -> None:
+    assert make_guide({"model": {"pinnedVersion": "v20261201-1"}}).pinned_version == "v20261201-1"
+    for bad in ("../stable", "a/b", "V1"):
+        with pytest.raises(SpecError, match="not a version name"):
+            make_guide({"model": {"pinnedVersion": bad}})
+
+
+def _with_crd_defaults(schema: dict[str, Any], value: Any) -> Any:
+    """What the API server stores: `value` with every default of the CRD schema filled in."""
+    if not isinstance(value, dict) or schema.get("type") != "object":
+        if isinstance(value, list) and "items" in schema:
+            return [_with_crd_defaults(schema["items"], v) for v in value]
+        return value
+    out = dict(value)
+    for name, sub in (schema.get("properties") or {}).items():
+        if name not in out and "default" in sub:
+            out[name] = copy.deepcopy(sub["default"])
+        if name in out:
+            out[name] = _with_crd_defaults(sub, out[name])
+    return out
+
+
+def _crd_spec_schema() -> dict[str, Any]:
+    crd = yaml.safe_load((REPO / "crds" / "shoppingguide.io_shoppingguides.yaml").read_text())
+    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return dict(schema["properties"]["spec"])
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {},
+        {"data": {"catalog": {"fromEvents": {"title": "title"}}}},
+        {"training": {"tune": {"trials": 5}, "evaluation": {"k": 20}}},
+        {"model": {"algorithm": "itemknn", "factors": None, "alpha": None, "neighbours": 50}},
+    ],
+)
+def test_spec_hash_is_the_same_with_or_without_the_crd_defaults(
+    body: dict[str, Any], spec: dict[str, Any]
+) -> None:
+    plain = deep_merge(body, {"spec": spec})
+    if "evaluation" in spec.get("training", {}):
+        plain["spec"]["training"]["qualityGate"]["metric"] = "ndcg@20"
+    defaulted = copy.deepcopy(plain)
+    defaulted["spec"] = _with_crd_defaults(_crd_spec_schema(), plain["spec"])
+    assert defaulted != plain  # the CRD does fill something in
+    assert Guide.parse(defaulted).model_spec_hash() == Guide.parse(plain).model_spec_hash()
+    assert Guide.parse(plain).model_spec_hash().startswith("v2:")
+
+
+def test_spec_hashes_hold_the_current_and_the_legacy_hash(body: dict[str, Any]) -> None:
+    guide = Guide.parse(body)
+    current, legacy = guide.spec_hashes()
+    assert current == guide.model_spec_hash()
+    # What the operator before the v2 hash recorded for this body, in status.training.completed.
+    assert legacy == "8b0405816a49afb5" == guide.legacy_spec_hash()
+    assert current != legacy
+
+
+def test_the_server_knows_its_guide_and_serves_metrics_on_their_own_port(
+    make_guide: MakeGuide,
+) -> None:
+    deployment = build_deployment(make_guide())
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SHOPPING_GUIDE_NAME"] == {"name": "SHOPPING_GUIDE_NAME", "value": "storefront"}
+    args = container["args"]
+    assert args[args.index("--metrics-port") + 1] == "9090"
+    assert args[args.index("--guide-name") + 1] == "storefront"
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == "9090"
+    assert template["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+
+
+def test_metrics_and_serving_ports_must_differ(make_guide: MakeGuide) -> None:
+    with pytest.raises(SpecError, match="must differ"):
+        make_guide({"serving": {"port": 9090}})
+    assert make_guide({"serving": {"port": 9090, "metricsPort": 9091}}).serving.metrics_port == 9091
