@@ -79,11 +79,15 @@ def run_key(spec_hash: str, token: str) -> str:
     return hashlib.sha256(f"{spec_hash}|{token}".encode()).hexdigest()[:16]
 
 
-def wanted_trigger(training: Mapping[str, Any], spec_hash: str, token: str) -> str | None:
+def wanted_trigger(
+    training: Mapping[str, Any], spec_hash: str, token: str, legacy: tuple[str, ...] = ()
+) -> str | None:
+    """Why a run is wanted, or None. A run completed under the hash an earlier release
+    computed (`legacy`) counts as current: an operator upgrade retrains nothing."""
     completed = training.get("completed")
     if not completed:
         return TRIGGER_INITIAL
-    if completed.get("specHash") != spec_hash:
+    if completed.get("specHash") not in (spec_hash, *legacy):
         return TRIGGER_SPEC
     if completed.get("retrainToken", "") != token:
         return TRIGGER_RETRAIN
@@ -156,8 +160,13 @@ def advance(
     runs, and a scheduled run that started meanwhile is stopped.
     """
     state = dict(training)
-    spec_hash = guide.model_spec_hash()
-    trigger = wanted_trigger(state, spec_hash, guide.retrain_token)
+    spec_hash, *legacy = guide.spec_hashes()
+    trigger = wanted_trigger(state, spec_hash, guide.retrain_token, tuple(legacy))
+    completed = state.get("completed")
+    if trigger is None and completed and completed.get("specHash") != spec_hash:
+        # Matched by the legacy hash: record the current one, so that a later change of the
+        # legacy function (a new CRD default) cannot break the match.
+        state["completed"] = {**completed, "specHash": spec_hash}
     key = run_key(spec_hash, guide.retrain_token)
     state["specHash"] = spec_hash
     by_name = {j.name: j for j in jobs}

@@ -39,7 +39,7 @@ import numpy.typing as npt
 
 from shopping_guide_contracts.routing import RoutingError
 from shopping_guide_contracts.routing import parse as parse_routing
-from shopping_guide_contracts.versions import validate_version
+from shopping_guide_contracts.versions import is_valid_version, validate_version
 
 from .errors import ArtifactError, ConfigError
 from .model import Model
@@ -53,8 +53,6 @@ _INCOMING = ".incoming-"
 _STALE_SECONDS = 3600
 # A Kubernetes name (DNS subdomain): never `..`, never a separator.
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-# What new_version() makes, and any other Kubernetes label value: safe as one path segment.
-_VERSION = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,126})?$")
 
 
 @dataclass
@@ -101,7 +99,8 @@ def parse_guide(value: str) -> tuple[str, str]:
 
 
 def check_version(version: str) -> str:
-    if not _VERSION.match(version) or version == GUIDES:
+    """The contracts' one version grammar: safe as one path segment of the store."""
+    if not is_valid_version(version) or version == GUIDES:
         raise ArtifactError(f"{version!r} is not a model version name")
     return version
 

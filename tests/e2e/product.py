@@ -496,7 +496,7 @@ class Prometheus:
                             "relabel_configs": [
                                 {
                                     "source_labels": ["__meta_kubernetes_pod_container_port_name"],
-                                    "regex": "http",
+                                    "regex": "metrics",
                                     "action": "keep",
                                 },
                                 {

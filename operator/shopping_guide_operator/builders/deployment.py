@@ -13,6 +13,7 @@ from ..constants import COMPONENT_SERVING, MODEL_MOUNT, ROUTING_MOUNT, SERVER_CO
 from ..spec import JSON, Guide
 from .common import (
     container_security_context,
+    guide_store_args,
     labels,
     metadata,
     placement,
@@ -29,6 +30,7 @@ def server_args(guide: Guide) -> list[str]:
         "serve",
         "--model-store",
         MODEL_MOUNT,
+        *guide_store_args(guide),
         "--routing",
         f"{ROUTING_MOUNT}/{CONFIGMAP_KEY}",
         # The pod's own address (kubelet expands $(POD_IP) from the env below): the same in a
