@@ -23,6 +23,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import ResourceNotFoundError
 from kubernetes.utils import Backoff, on_retry_after_error
 
 from .compare import holds, merge_patch
@@ -173,11 +174,17 @@ class ApiCluster:
                 dynamic = self._dynamic
                 version = API_VERSIONS[kind]
                 prefix = "api" if version == "v1" else "apis"
-                found = with_retries(
-                    lambda: dynamic.resources.get(api_version=version, kind=kind, prefix=prefix),
-                    True,
-                    self.sleep,
-                )
+                try:
+                    found = with_retries(
+                        lambda: dynamic.resources.get(
+                            api_version=version, kind=kind, prefix=prefix
+                        ),
+                        True,
+                        self.sleep,
+                    )
+                except ResourceNotFoundError as exc:
+                    # The kind is not served (its CRD is not installed): as the API says.
+                    raise ApiError(404, f"{kind} ({version}) is not served: {exc}") from exc
                 self._resources[kind] = found
             return found
 

@@ -258,7 +258,7 @@ def reconcile(
         cluster, namespace, job
     )
     jobs = training_jobs(cluster, guide)
-    requests = erasure.requests_for(cluster.list(erasure.KIND, namespace, {}), guide.name)
+    requests = erasure.requests_for(_erasure_requests(cluster, namespace), guide.name)
     erasing = _erasure_jobs(cluster, guide) if requests else {}
     busy = next((j.name for j in erasing.values() if j.state == "Active"), None)
     step = runs.advance(status.get("training") or {}, guide, stable, jobs, now, reader, busy)
@@ -285,10 +285,10 @@ def reconcile(
             events.append(("Normal", "TrainingSuperseded", f"stopped {superseded}: {why}"))
         except ApiError as exc:
             errors.append(f"Job {superseded}: {exc.message}")
+    rewritten = False
     if requests:
         erased = _erase(cluster, guide, status, requests, erasing, bool(step.active), now, reader)
-        events += erased[0]
-        errors += erased[1]
+        events, errors, rewritten = events + erased[0], errors + erased[1], erased[2]
     if step.finished is not None:
         events += _admit(status, step.finished, guide, stable, now)
     progressed = rollout.progress(status, guide, providers, now)
@@ -297,7 +297,9 @@ def reconcile(
     # A pin decides what serves; the operator's own choice of stable stays in status.stable.
     served = guide.pinned_version or stable
     canary, weight = rollout.canary_routing(status, guide)
-    routing = next_routing(status.get("routing"), served, guide.routing_salt, canary, weight)
+    routing = next_routing(
+        status.get("routing"), served, guide.routing_salt, canary, weight, rewritten
+    )
     status["routing"] = routing_status(routing, routing_configmap_name(guide))
     if canary is not None:
         # The generation that carries this weight is the one the pods must report.
@@ -363,6 +365,17 @@ def reconcile(
     return PassResult(body, events + condition_events, requeue)
 
 
+def _erasure_requests(cluster: Cluster, namespace: str) -> list[JSON]:
+    try:
+        return cluster.list(erasure.KIND, namespace, {})
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        # An installation without the erasure CRD (an older chart): nothing to erase.
+        log.debug("no %s resource: %s", erasure.KIND, exc.message)
+        return []
+
+
 def _erasure_jobs(cluster: Cluster, guide: Guide) -> dict[str, runs.JobView]:
     items = cluster.list(
         "Job", guide.namespace, {LABEL_GUIDE: guide.name, LABEL_COMPONENT: COMPONENT_ERASURE}
@@ -379,9 +392,10 @@ def _erase(
     training_active: bool,
     now: float,
     reader: Callable[[runs.JobView], str | None],
-) -> tuple[list[Event], list[str]]:
-    """Erasure requests for this guide: start the next, record the finished ones, and make
-    the serving pods reload what was rewritten (a new routing `modelsRevision`)."""
+) -> tuple[list[Event], list[str], bool]:
+    """Erasure requests for this guide: start the next, record the finished ones; true when
+    versions were rewritten, so that the serving pods load them again (the routing's
+    `modelsRevision` rises in this pass)."""
     step = erasure.advance(guide.name, requests, jobs, training_active, now, reader)
     events: list[Event] = []
     errors: list[str] = []
@@ -393,15 +407,12 @@ def _erase(
             statuses.pop(step.start.name, None)
         else:
             events.append(("Normal", "ErasureStarted", statuses[step.start.name]["message"]))
-    if step.finished:
-        routing = dict(status.get("routing") or {})
-        routing["modelsRevision"] = int(routing.get("modelsRevision", 0)) + 1
-        status["routing"] = routing
+    revision = int((status.get("routing") or {}).get("modelsRevision", 0)) + 1
     by_name = {r.name: r for r in requests}
     for name, update in statuses.items():
         wanted = dict(update)
         if wanted["phase"] == erasure.SUCCEEDED:
-            wanted["routingRevision"] = status["routing"]["modelsRevision"]
+            wanted["routingRevision"] = revision
             events.append(("Normal", "UsersForgotten", f"{name}: {wanted['message']}"))
         elif wanted["phase"] == erasure.FAILED:
             events.append(("Warning", "ErasureFailed", f"{name}: {wanted['message']}"))
@@ -412,7 +423,7 @@ def _erase(
             cluster.patch_status(guide.namespace, name, {"status": wanted}, None, kind=erasure.KIND)
         except ApiError as exc:
             errors.append(f"{erasure.KIND} {name}: {exc.message}")
-    return events, errors
+    return events, errors, bool(step.finished)
 
 
 def _on_demand_active(step: runs.Step, jobs: list[runs.JobView]) -> bool:

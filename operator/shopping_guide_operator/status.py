@@ -128,18 +128,23 @@ def next_routing(
     salt: str,
     canary: str | None = None,
     weight_basis_points: int = 0,
+    models_rewritten: bool = False,
 ) -> Routing:
-    """The routing for this pass; the generation rises only when the content changes."""
+    """The routing for this pass; the generation rises only when the content changes.
+    `models_rewritten` (users were forgotten) raises the models revision, which makes every
+    pod load its versions again."""
     previous = previous or {}
     generation = int(previous.get("generation", 0))
+    revision = int(previous.get("modelsRevision", 0)) + (1 if models_rewritten else 0)
     if canary is None:
         weight_basis_points = 0
     before = (
         previous.get("stable"),
         previous.get("canary"),
         round(float(previous.get("weight", 0)) * 100),
+        int(previous.get("modelsRevision", 0)),
     )
-    if before != (stable, canary, weight_basis_points) or not previous:
+    if before != (stable, canary, weight_basis_points, revision) or not previous:
         generation += 1
     return Routing(
         stable=stable,
@@ -147,6 +152,7 @@ def next_routing(
         canary_weight_basis_points=weight_basis_points,
         salt=salt,
         generation=generation,
+        models_revision=revision,
     )
 
 
@@ -157,6 +163,7 @@ def routing_status(routing: Routing, configmap: str) -> dict[str, Any]:
         "stable": routing.stable,
         "canary": routing.canary,
         "weight": routing.canary_weight_basis_points / 100,
+        "modelsRevision": routing.models_revision,
     }
 
 

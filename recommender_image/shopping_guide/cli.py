@@ -285,11 +285,6 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="recommendation ids remembered for feedback attribution",
     )
     p.add_argument(
-        "--admin-token-file",
-        type=Path,
-        help="enables DELETE /v1/users/{id} for holders of this token (mounted from a Secret)",
-    )
-    p.add_argument(
         "--shutdown-timeout",
         type=float,
         default=20.0,
@@ -317,7 +312,6 @@ def _run_serve(args: argparse.Namespace) -> int:
         metrics_address=None if args.metrics_port is None else (args.host, args.metrics_port),
         served_capacity=args.feedback_capacity,
         reload_interval=args.reload_interval,
-        admin_token=args.admin_token_file.read_text().strip() if args.admin_token_file else None,
     )
     web.run_app(
         app,

@@ -43,6 +43,9 @@ class Routing:
     canary_weight_basis_points: int = 0
     salt: str = ""
     generation: int = 0
+    # Rises when stored versions were rewritten in place (users forgotten): every pod loads
+    # its routed versions again, whatever it has loaded.
+    models_revision: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.canary_weight_basis_points <= BASIS_POINTS:
@@ -78,6 +81,7 @@ class Routing:
             "canaryWeightBasisPoints": self.canary_weight_basis_points,
             "salt": self.salt,
             "generation": self.generation,
+            "modelsRevision": self.models_revision,
         }
 
     def dumps(self) -> str:
@@ -97,7 +101,12 @@ def parse(text: str) -> Routing:
         raise RoutingError(f"routing schema {schema} is not {SCHEMA_VERSION}")
     weight = document.get("canaryWeightBasisPoints", 0)
     generation = document.get("generation", 0)
-    for name, value in (("canaryWeightBasisPoints", weight), ("generation", generation)):
+    revision = document.get("modelsRevision", 0)
+    for name, value in (
+        ("canaryWeightBasisPoints", weight),
+        ("generation", generation),
+        ("modelsRevision", revision),
+    ):
         if not isinstance(value, int) or isinstance(value, bool):
             raise RoutingError(f"{name} must be an integer, got {value!r}")
     return Routing(
@@ -106,4 +115,5 @@ def parse(text: str) -> Routing:
         canary_weight_basis_points=weight,
         salt=str(document.get("salt", "")),
         generation=generation,
+        models_revision=revision,
     )

@@ -28,6 +28,7 @@ from tests.e2e.conftest import ON_FAKE_NODES, Kube
 pytestmark = pytest.mark.e2e
 
 CRD = REPO / "crds" / "shoppingguide.io_shoppingguides.yaml"
+ERASURE_CRD = REPO / "crds" / "shoppingguide.io_shoppingguideerasures.yaml"
 TRAIN_NODE = "shopping-guide-e2e-trainer"
 TRAIN_LABEL = "shoppingguide.io/e2e-node"
 TRAIN_TAINT = "shoppingguide.io/e2e-trainer"
@@ -36,12 +37,14 @@ TIMEOUT = 90.0
 
 
 def install_crd(kube: Kube) -> None:
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    for crd in (CRD, ERASURE_CRD):
+        kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
     kube.kubectl(
         "wait",
         "--for=condition=Established",
         "--timeout=60s",
         "crd/shoppingguides.shoppingguide.io",
+        "crd/shoppingguideerasures.shoppingguide.io",
     )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
-from shopping_guide.artifacts import ModelStore
+from shopping_guide.artifacts import ModelStore, forget_user
 from shopping_guide.serving.app import build_app
 from shopping_guide.serving.metrics import ServerMetrics
 from shopping_guide.serving.registry import RETRY_FAILED_AFTER_SECONDS, Registry
@@ -55,3 +55,35 @@ async def test_a_canary_that_fails_to_load_holds_its_generation_until_it_loads(
     assert registry.snapshot.generation_applied == 2
     assert _failed_series(metrics) == []
     assert next(iter(metrics.routing_generation.collect())).samples[0].value == 2
+
+
+async def test_a_new_models_revision_loads_the_rewritten_versions_again(
+    models: Models, tmp_path: Path
+) -> None:
+    """What an erasure does: the store's versions are rewritten in place without some users,
+    then the routing's modelsRevision rises, and every pod drops what it had loaded."""
+    store = tmp_path / "store"
+    shutil.copytree(models.store, store)
+    routing = RoutingDir(tmp_path / "routing")
+    routing.write({"stable": models.als, "salt": "s", "generation": 1})
+    registry = Registry(ModelStore(store), routing.path)
+    await registry.refresh()
+    before = registry.snapshot.stable
+    assert before is not None
+    forgotten = forget_user(ModelStore(store), _first_user(store, models.als))
+    assert models.als in forgotten
+    # The same routing generation content but no new revision: nothing reloads.
+    routing.write({"stable": models.als, "salt": "s", "generation": 1, "modelsRevision": 0})
+    await registry.refresh()
+    assert registry.snapshot.stable is before
+    routing.write({"stable": models.als, "salt": "s", "generation": 2, "modelsRevision": 1})
+    await registry.refresh()
+    after = registry.snapshot.stable
+    assert after is not None and after is not before
+    assert registry.snapshot.generation_applied == 2
+    loaded = ModelStore(store).load(models.als)
+    assert len(loaded.user_ids) == len(ModelStore(models.store).load(models.als).user_ids) - 1
+
+
+def _first_user(store: Path, version: str) -> str:
+    return str(ModelStore(store).load(version).user_ids[0])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -14,7 +13,6 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..artifacts import forget_user
 from ..errors import ArtifactError
 from .feedback import Served, ServedLog
 from .guide import QueryError, guide, profile
@@ -297,21 +295,6 @@ async def guide_query(request: web.Request) -> web.Response:
     return web.json_response({**answer, "cohort": cohort})
 
 
-async def forget(request: web.Request) -> web.Response:
-    token = request.app[STATE].get("admin_token")
-    if not token:
-        raise RequestError("disabled", "forgetting users is not enabled on this server", 404)
-    given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        raise RequestError("unauthorized", "a valid bearer token is required", 401)
-    user_id = _user_id(request.match_info["user_id"])
-    registry = request.app[REGISTRY]
-    changed = await asyncio.to_thread(forget_user, registry.store, user_id)
-    await registry.reload(changed)
-    log.warning("forgot a user in %d model versions", len(changed))
-    return web.json_response({"forgotten": True, "versions": changed})
-
-
 async def feedback(request: web.Request) -> web.Response:
     body = await _json_body(request)
     recommendation_id = body.get("recommendation_id")
@@ -426,7 +409,6 @@ def build_app(
     metrics: ServerMetrics | None = None,
     served_capacity: int = 200_000,
     reload_interval: float = 2.0,
-    admin_token: str | None = None,
     metrics_address: tuple[str, int] | None = None,
 ) -> web.Application:
     """The server. With `metrics_address` (host, port), /metrics answers there only, on a
@@ -436,7 +418,7 @@ def build_app(
     app[REGISTRY] = registry
     app[METRICS] = metrics or ServerMetrics()
     app[SERVED] = ServedLog(served_capacity)
-    app[STATE] = {"admin_token": admin_token}
+    app[STATE] = {}
     server_metrics = app[METRICS]
     registry.subscribe(lambda snapshot: _publish(server_metrics, snapshot))
     app.router.add_get("/v1/recommendations", recommendations_get)
@@ -445,7 +427,6 @@ def build_app(
     app.router.add_get("/v1/items/{item_id}/similar", similar_items)
     app.router.add_post("/v1/feedback", feedback)
     app.router.add_get("/v1/users/{user_id}/profile", user_profile)
-    app.router.add_delete("/v1/users/{user_id}", forget)
     app.router.add_post("/v1/guide", guide_query)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,8 +130,13 @@ class Registry:
         current = self.snapshot
         models: dict[str, ServingModel] = {}
         failures: dict[str, str] = {}
+        # Versions rewritten in place (users forgotten) are loaded again, not reused.
+        rewritten = (
+            current.routing is not None
+            and routing.models_revision != current.routing.models_revision
+        )
         for version in sorted(routing.versions()):
-            if version in current.models:
+            if version in current.models and not rewritten:
                 models[version] = current.models[version]
                 continue
             failed_at = self._failed_at.get(version)
@@ -153,30 +158,10 @@ class Registry:
             # A stable version that cannot load never replaces one that serves.
             keep = current.stable
             models[keep.version] = keep
-            routing = Routing(
-                keep.version,
-                routing.canary,
-                routing.canary_weight_basis_points,
-                routing.salt,
-                routing.generation,
-            )
+            routing = replace(routing, stable=keep.version)
         self.snapshot = Snapshot(routing, models, failures, generation)
         for listener in self._listeners:
             listener(self.snapshot)
-
-    async def reload(self, versions: list[str]) -> None:
-        """Load these versions again from the store (after they were rewritten)."""
-        async with self._lock:
-            current = self.snapshot
-            models = dict(current.models)
-            for version in versions:
-                if version in models:
-                    models[version] = await asyncio.to_thread(self._load, version)
-            self.snapshot = Snapshot(
-                current.routing, models, current.failures, current.generation_applied
-            )
-            for listener in self._listeners:
-                listener(self.snapshot)
 
     async def watch(self, interval: float) -> None:
         while True:

@@ -273,5 +273,9 @@ def test_an_erasure_runs_as_the_only_writer_and_is_audited(world: FakeCluster) -
     assert done["phase"] == "Succeeded"
     assert done["versionsRewritten"] == ["v1"] and done["users"] == 2
     assert any(reason == "UsersForgotten" for _, reason, _ in outcome.events)
+    # Every pod loads the rewritten versions again: the routing's models revision rose.
+    routing = _routing(world)
+    assert routing.models_revision == 1 == done["routingRevision"]
+    assert status_of(world)["routing"]["generation"] == routing.generation
     run(world, T0 + 130)
     assert len(jobs(world)) == 3  # now the retrain starts
