@@ -300,6 +300,30 @@ def setup(c: Cluster, namespace: str, run: str, guides: int) -> list[str]:
     return [train_node, serve_node]
 
 
+def heartbeat(api: Any, node: str, stop: threading.Event) -> None:
+    """Renew the node's Lease every few seconds, as a kubelet does. kwok patches its nodes'
+    status only about once a minute, which is longer than the node controller's grace period:
+    without a lease the node goes NotReady now and then, and its pods with it."""
+    leases: Any = client.CoordinationV1Api(api)
+    body: dict[str, Any] = {
+        "metadata": {"name": node, "namespace": "kube-node-lease"},
+        "spec": {"holderIdentity": node, "leaseDurationSeconds": 40},
+    }
+    while not stop.is_set():
+        now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+        body["spec"]["renewTime"] = now
+        try:
+            try:
+                leases.patch_namespaced_lease(node, "kube-node-lease", {"spec": body["spec"]})
+            except client.ApiException as exc:
+                if exc.status != 404:
+                    raise
+                leases.create_namespaced_lease("kube-node-lease", body)
+        except Exception as exc:
+            print(f"lease of {node}: {exc}", file=sys.stderr)
+        stop.wait(5)
+
+
 def keep_serving_pods_ready(c: Cluster, namespace: str) -> int:
     """kwok's nodes miss a heartbeat now and then; the node controller then marks their pods
     unready, and kwok (which readies a pod once, when it starts it) never reports them ready
@@ -350,8 +374,12 @@ def main() -> int:
     with cluster() as c:
         operator: subprocess.Popen[bytes] | None = None
         nodes: list[str] = []
+        beating = threading.Event()
         try:
             nodes = setup(c, namespace, run, guides)
+            threading.Thread(
+                target=heartbeat, args=(c.core.api_client, nodes[1], beating), daemon=True
+            ).start()
             sys.path.insert(0, str(REPO))
             from tests.e2e.test_operator import finished_pod_status, result_document
 
@@ -472,6 +500,7 @@ def main() -> int:
             print()
             return 0
         finally:
+            beating.set()
             cleanup(c, namespace, run, nodes, operator)
             print(f"operator log: {work / 'operator.log'}", file=sys.stderr)
 
@@ -516,6 +545,11 @@ def cleanup(
     )
     for node in nodes:
         subprocess.run([*kubectl, "delete", "node", node, "--wait=false"], check=False, **quiet)
+        subprocess.run(
+            [*kubectl, "delete", "lease", node, "-n", "kube-node-lease", "--ignore-not-found"],
+            check=False,
+            **quiet,
+        )
 
 
 if __name__ == "__main__":
