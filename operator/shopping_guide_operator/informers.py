@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from kubernetes import client
 
@@ -43,7 +43,7 @@ from .constants import (
     LABEL_MANAGED_BY,
     MANAGED_BY,
 )
-from .kube import JSON, KINDS, ApiError, Cluster, NotOwnedError, _path, owned_by
+from .kube import JSON, KINDS, ApiError, Cluster, NotOwnedError, owned_by
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,11 @@ INDEXED = (LABEL_GUIDE, JOB_NAME_LABEL)
 WATCH_SECONDS = 300  # the server ends each watch after about this long; we resume from there
 SYNC_TIMEOUT = 60.0
 PAGE = 500
+
+
+def collection_path(kind: str, namespace: str) -> str:
+    prefix, plural = KINDS[kind]
+    return f"{prefix}/namespaces/{quote(namespace)}/{plural}"
 
 
 def parse_selector(selector: str | None) -> dict[str, str]:
@@ -268,7 +273,7 @@ class Informer:
             query = self._query(limit=str(PAGE))
             if cont:
                 query["continue"] = cont
-            page = self.cache.request_json("GET", _path(self.kind, self.namespace), query)
+            page = self.cache.request_json("GET", collection_path(self.kind, self.namespace), query)
             items += page.get("items") or []
             meta = page.get("metadata") or {}
             cont = meta.get("continue")
@@ -285,7 +290,8 @@ class Informer:
             timeoutSeconds=str(timeout),
             resourceVersion=self.resource_version or "",
         )
-        response = self.cache.stream("GET", _path(self.kind, self.namespace), query, timeout + 30)
+        path = collection_path(self.kind, self.namespace)
+        response = self.cache.stream("GET", path, query, timeout + 30)
         self._response = response
         try:
             for line in _lines(response):
