@@ -405,8 +405,13 @@ def main() -> int:
                     **os.environ,
                     "KUBECONFIG": c.kubeconfig,
                     "BENCH_COUNTS": str(counts_file),
+                    # This checkout's operator, unless $PYTHONPATH names another one.
                     "PYTHONPATH": os.pathsep.join(
-                        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+                        [
+                            str(REPO),
+                            *filter(None, [os.environ.get("PYTHONPATH")]),
+                            str(REPO / "operator"),
+                        ]
                     ),
                 },
                 stdout=log,
