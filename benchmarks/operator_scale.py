@@ -17,6 +17,7 @@ cluster do not blur the numbers): a converged guide should cause no reads and no
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -310,8 +311,9 @@ def heartbeat(api: Any, node: str, stop: threading.Event) -> None:
         "spec": {"holderIdentity": node, "leaseDurationSeconds": 40},
     }
     while not stop.is_set():
-        now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
-        body["spec"]["renewTime"] = now
+        # A MicroTime: the client writes a datetime as isoformat, which must have microseconds.
+        now = datetime.datetime.now(datetime.UTC)
+        body["spec"]["renewTime"] = now.replace(microsecond=now.microsecond or 1)
         try:
             try:
                 leases.patch_namespaced_lease(node, "kube-node-lease", {"spec": body["spec"]})
