@@ -170,6 +170,8 @@ class Store:
                         del self.index[(key, labels[key])]
 
     def put(self, obj: JSON) -> None:
+        # Nothing reads them, and they are often half an object: each read copies less.
+        obj["metadata"].pop("managedFields", None)
         name = obj["metadata"]["name"]
         self._unindex(name)
         self.objects[name] = obj
@@ -508,7 +510,7 @@ class CachedCluster:
         with self._lock:
             store = self._stores.setdefault((kind, meta["namespace"]), Store())
             if _newer(obj, store.objects.get(meta["name"])):
-                store.put(obj)
+                store.put(copy.deepcopy(obj))  # the caller keeps the answer it was given
 
     # --- Cluster: reads from memory ------------------------------------------------------
 

@@ -394,3 +394,12 @@ def test_kopf_watches_no_child_kind() -> None:
     resources |= {h.selector for h in registry._spawning.get_all_handlers()}
     served = {(s.group, s.any_name or s.plural) for s in resources if s is not None}
     assert served == {("shoppingguide.io", "shoppingguides")}
+
+
+def test_the_cache_keeps_no_managed_fields(cache: Offline) -> None:
+    labels = {"app.kubernetes.io/managed-by": "shopping-guide-operator"}
+    fields = [{"manager": "shopping-guide-operator", "operation": "Apply"}]
+    meta = {"name": "c", "namespace": NS, "labels": labels, "managedFields": fields}
+    cache.observe("ConfigMap", NS, {"kind": "ConfigMap", "metadata": meta})
+    found = cache.get("ConfigMap", NS, "c")
+    assert found is not None and "managedFields" not in found["metadata"]
