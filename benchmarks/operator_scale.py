@@ -17,6 +17,7 @@ cluster do not blur the numbers): a converged guide should cause no reads and no
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -523,12 +524,14 @@ def cleanup(
     kubectl = c.kubectl
     quiet: dict[str, Any] = {"capture_output": True}
     if operator is not None and operator.poll() is None:
-        subprocess.run(
-            [*kubectl, "delete", "sg", "--all", "-n", namespace, "--timeout=300s"],
-            timeout=330,
-            check=False,
-            **quiet,
-        )
+        # A while for the operator to let go of them; what is left then loses its finalizer.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(
+                [*kubectl, "delete", "sg", "--all", "-n", namespace, "--timeout=120s"],
+                timeout=150,
+                check=False,
+                **quiet,
+            )
         operator.terminate()
         try:
             operator.wait(30)
