@@ -27,27 +27,39 @@ import copy
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from kubernetes import client
 
+from .builders.erasure import COMPONENT_ERASURE
 from .constants import (
     COMPONENT_TRAINING,
+    FIELD_MANAGER,
+    KIND,
     LABEL_COMPONENT,
     LABEL_GUIDE,
     LABEL_MANAGED_BY,
     MANAGED_BY,
 )
-from .kube import JSON, KINDS, ApiError, Cluster, NotOwnedError, owned_by
+from .kube import (
+    API_VERSIONS,
+    JSON,
+    ApiError,
+    Cluster,
+    NotOwnedError,
+    collection_path,
+    owned_by,
+)
+from .worker import Key
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]
 Notify = Callable[[Key], None]
 
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
@@ -58,12 +70,14 @@ OURS = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 # (by their job-name label, answered from memory); the serving pods are the Deployment's.
 WATCHED: dict[str, str | None] = {
     "ShoppingGuide": None,
+    # Requests people create: they carry no label of ours.
+    "ShoppingGuideErasure": None,
     "ConfigMap": OURS,
     "Service": OURS,
     "Deployment": OURS,
     "CronJob": OURS,
     "Job": OURS,
-    "Pod": f"{OURS},{LABEL_COMPONENT}={COMPONENT_TRAINING}",
+    "Pod": f"{OURS},{LABEL_COMPONENT} in ({COMPONENT_TRAINING},{COMPONENT_ERASURE})",
     "HorizontalPodAutoscaler": OURS,
     "PodDisruptionBudget": OURS,
     "NetworkPolicy": OURS,
@@ -77,6 +91,7 @@ INFORMER_VERBS = ("list", "watch")
 # guides only the status is written (`patch_status`).
 WRITES: dict[str, tuple[str, ...]] = {
     "ShoppingGuide": ("patch_status",),
+    "ShoppingGuideErasure": ("patch_status",),
     "ConfigMap": ("apply",),
     "Service": ("apply",),
     "Deployment": ("apply",),
@@ -100,20 +115,30 @@ METHOD_VERBS: dict[str, tuple[str, ...]] = {
 # Labels the store indexes, so that a pass's list does not scan a namespace's every object.
 INDEXED = (LABEL_GUIDE, JOB_NAME_LABEL)
 
+NOT_SERVED_RETRY_SECONDS = 60.0
 WATCH_SECONDS = 300  # the server ends each watch after about this long; we resume from there
 SYNC_TIMEOUT = 60.0
 PAGE = 500
 
 
-def collection_path(kind: str, namespace: str) -> str:
-    prefix, plural = KINDS[kind]
-    return f"{prefix}/namespaces/{quote(namespace)}/{plural}"
-
-
-def parse_selector(selector: str | None) -> dict[str, str]:
+def parse_selector(selector: str | None) -> dict[str, frozenset[str]]:
+    """A label selector of `key=value` and `key in (a,b)` terms: key -> the values allowed."""
     if not selector:
         return {}
-    return dict(term.split("=", 1) for term in selector.split(","))
+    terms: dict[str, frozenset[str]] = {}
+    for raw in re.findall(r"[^,(]+(?:\([^)]*\))?", selector):
+        term = raw.strip()
+        if " in " in term:
+            key, values = term.split(" in ", 1)
+            terms[key.strip()] = frozenset(v.strip() for v in values.strip("() ").split(","))
+        else:
+            key, value = term.split("=", 1)
+            terms[key] = frozenset({value})
+    return terms
+
+
+def selects(selector: dict[str, frozenset[str]], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) in values for key, values in selector.items())
 
 
 def _labels(obj: JSON) -> dict[str, str]:
@@ -145,6 +170,9 @@ def owner_key(kind: str, namespace: str, obj: JSON) -> Key | None:
     """The guide whose worker a change of this object concerns."""
     if kind == "ShoppingGuide":
         return namespace, obj["metadata"]["name"]
+    if kind == "ShoppingGuideErasure":
+        guide = (obj.get("spec") or {}).get("guide")
+        return (namespace, str(guide)) if guide else None
     guide = _labels(obj).get(LABEL_GUIDE)
     return (namespace, guide) if guide else None
 
@@ -170,8 +198,10 @@ class Store:
                         del self.index[(key, labels[key])]
 
     def put(self, obj: JSON) -> None:
-        # Nothing reads them, and they are often half an object: each read copies less.
-        obj["metadata"].pop("managedFields", None)
+        # They are often half an object: each read copies less. A Deployment's are kept:
+        # `kube.ensure` reads them to hand `replicas` over to the HPA.
+        if obj.get("kind") != "Deployment":
+            obj["metadata"].pop("managedFields", None)
         name = obj["metadata"]["name"]
         self._unindex(name)
         self.objects[name] = obj
@@ -255,18 +285,30 @@ class Informer:
                     "%s in %s: resourceVersion too old, listing again", self.kind, self.namespace
                 )
                 self.resource_version = None
+            except ApiError as exc:
+                if exc.status != 404:
+                    if self.cache.stopping.is_set():
+                        return
+                    delay = self._pause(exc, delay)
+                    continue
+                # The kind is not served (an optional CRD, such as the erasure requests', is
+                # not installed): there are none of them, so the namespace counts as synced.
+                if not self.synced.is_set():
+                    log.warning("%s is not served: %s; looking again later", self.kind, exc)
+                self.synced.set()
+                self.cache.stopping.wait(NOT_SERVED_RETRY_SECONDS)
             except Exception as exc:  # the informer outlives any API failure
                 if self.cache.stopping.is_set():
                     return
-                log.warning(
-                    "watch of %s in %s failed (%s); again in %.1fs",
-                    self.kind,
-                    self.namespace,
-                    exc,
-                    delay,
-                )
-                self.cache.stopping.wait(delay)
-                delay = min(30.0, delay * 2)
+                delay = self._pause(exc, delay)
+
+    def _pause(self, exc: Exception, delay: float) -> float:
+        """Wait out a failure; the next, longer delay."""
+        log.warning(
+            "watch of %s in %s failed (%s); again in %.1fs", self.kind, self.namespace, exc, delay
+        )
+        self.cache.stopping.wait(delay)
+        return min(30.0, delay * 2)
 
     def _list(self) -> None:
         items: list[JSON] = []
@@ -505,7 +547,7 @@ class CachedCluster:
         meta = obj.get("metadata") or {}
         if kind not in self.kinds or not meta.get("name") or not meta.get("namespace"):
             return
-        if not self._selectors[kind].items() <= _labels(obj).items():
+        if not selects(self._selectors[kind], _labels(obj)):
             return  # the watch would never show it, nor its deletion
         with self._lock:
             store = self._stores.setdefault((kind, meta["namespace"]), Store())
@@ -536,7 +578,7 @@ class CachedCluster:
         self._fold(created)
         return created
 
-    def apply(self, obj: JSON) -> JSON:
+    def apply(self, obj: JSON, field_manager: str = FIELD_MANAGER) -> JSON:
         kind, meta = obj["kind"], obj["metadata"]
         if kind in self.kinds:
             with self._lock:
@@ -544,7 +586,7 @@ class CachedCluster:
                 known = store is not None and meta["name"] in store.objects
             if not known:
                 self._refuse_foreign(obj)
-        applied = self.inner.apply(obj)
+        applied = self.inner.apply(obj, field_manager)
         self._fold(applied)
         return applied
 
@@ -568,10 +610,17 @@ class CachedCluster:
             if store is not None:
                 store.pop(name)
 
-    def patch_status(self, namespace: str, name: str, patch: JSON) -> JSON:
-        patched = self.inner.patch_status(namespace, name, patch)
+    def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        patch: JSON,
+        resource_version: str | None,
+        kind: str = KIND,
+    ) -> JSON:
+        patched = self.inner.patch_status(namespace, name, patch, resource_version, kind)
         self._fold(patched)
         return patched
 
 
-assert set(WATCHED) <= set(KINDS)
+assert set(WATCHED) <= set(API_VERSIONS)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
+from urllib.parse import quote
 
 import urllib3
 from kubernetes import client
@@ -27,7 +28,7 @@ from kubernetes.dynamic.exceptions import ResourceNotFoundError
 from kubernetes.utils import Backoff, on_retry_after_error
 
 from .compare import holds, merge_patch
-from .constants import API_VERSION, FIELD_MANAGER, GROUP, KIND
+from .constants import API_VERSION, FIELD_MANAGER, GROUP, KIND, PLURAL
 
 JSON = dict[str, Any]
 T = TypeVar("T")
@@ -51,6 +52,35 @@ API_VERSIONS: dict[str, str] = {
     "PodDisruptionBudget": "policy/v1",
     "NetworkPolicy": "networking.k8s.io/v1",
 }
+
+# kind -> its resource name (plural) in the API, for paths and RBAC.
+PLURALS: dict[str, str] = {
+    "ShoppingGuide": PLURAL,
+    "ShoppingGuideErasure": "shoppingguideerasures",
+    "ConfigMap": "configmaps",
+    "Service": "services",
+    "Pod": "pods",
+    "Deployment": "deployments",
+    "Job": "jobs",
+    "CronJob": "cronjobs",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "NetworkPolicy": "networkpolicies",
+}
+
+
+def group_of(kind: str) -> str:
+    """The API group of a kind ("" for the core group)."""
+    version = API_VERSIONS[kind]
+    return version.split("/", 1)[0] if "/" in version else ""
+
+
+def collection_path(kind: str, namespace: str) -> str:
+    """The path of a kind's objects in one namespace (for list and watch)."""
+    version = API_VERSIONS[kind]
+    prefix = "/api/v1" if version == "v1" else f"/apis/{version}"
+    return f"{prefix}/namespaces/{quote(namespace)}/{PLURALS[kind]}"
+
 
 # At most three attempts of a request that is safe to repeat; 0.2s then 0.4s, plus up to
 # half again of jitter, or the server's Retry-After when that is longer (capped).

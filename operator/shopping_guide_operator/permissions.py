@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .constants import GROUP, PLURAL
 from .informers import INFORMER_VERBS, METHOD_VERBS, WATCHED, WRITES
-from .kube import KINDS
+from .kube import PLURALS, group_of
 
 Permission = tuple[str, str, str]  # (API group, resource, verb)
 
@@ -37,9 +37,7 @@ OWNER_REFERENCES: dict[tuple[str, str], tuple[str, ...]] = {
 
 
 def group_and_resource(kind: str) -> tuple[str, str]:
-    prefix, plural = KINDS[kind]
-    parts = prefix.strip("/").split("/")  # api/v1 or apis/GROUP/VERSION
-    return ("" if parts[0] == "api" else parts[1]), plural
+    return group_of(kind), PLURALS[kind]
 
 
 def required() -> set[Permission]:

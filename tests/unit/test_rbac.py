@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from shopping_guide_operator import informers, permissions
+from shopping_guide_operator.constants import FIELD_MANAGER
 from shopping_guide_operator.reconcile import reconcile
 from tests.unit.operator.conftest import BASE, deep_merge
 from tests.unit.operator.fake_cluster import JSON, FakeCluster
@@ -61,7 +62,8 @@ def test_every_kind_the_operator_reads_is_watched_with_our_label() -> None:
     assert listed | fetched <= set(informers.WATCHED)
     assert "cluster.get(desired" in kube and "cluster.get(kind" in kube  # ensure, ensure_absent
     for kind, selector in informers.WATCHED.items():
-        if kind != "ShoppingGuide":
+        # The guides and the erasure requests are people's objects, without our labels.
+        if kind not in ("ShoppingGuide", "ShoppingGuideErasure"):
             assert selector is not None and informers.OURS in selector
 
 
@@ -76,17 +78,24 @@ class Recording(FakeCluster):
         self.calls.add((obj["kind"], "create"))
         return super().create(obj)
 
-    def apply(self, obj: JSON) -> JSON:
+    def apply(self, obj: JSON, field_manager: str = FIELD_MANAGER) -> JSON:
         self.calls.add((obj["kind"], "apply"))
-        return super().apply(obj)
+        return super().apply(obj, field_manager)
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         self.calls.add((kind, "delete"))
         super().delete(kind, namespace, name)
 
-    def patch_status(self, namespace: str, name: str, patch: JSON) -> JSON:
-        self.calls.add(("ShoppingGuide", "patch_status"))
-        return super().patch_status(namespace, name, patch)
+    def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        patch: JSON,
+        resource_version: str | None,
+        kind: str = "ShoppingGuide",
+    ) -> JSON:
+        self.calls.add((kind, "patch_status"))
+        return super().patch_status(namespace, name, patch, resource_version, kind)
 
 
 def _result() -> str:

@@ -13,12 +13,14 @@ from typing import Any
 import pytest
 
 from shopping_guide_operator import handlers
+from shopping_guide_operator.constants import FIELD_MANAGER
 from shopping_guide_operator.informers import (
     WATCHED,
     CachedCluster,
     GoneError,
     Informer,
     parse_selector,
+    selects,
 )
 from shopping_guide_operator.kube import ApiError, NotOwnedError
 from shopping_guide_operator.reconcile import reconcile
@@ -56,17 +58,24 @@ class VersionedFake(FakeCluster):
         self.reads += 1
         return super().list(kind, namespace, labels)
 
-    def apply(self, obj: JSON) -> JSON:
-        applied = super().apply(obj)
+    def apply(self, obj: JSON, field_manager: str = FIELD_MANAGER) -> JSON:
+        applied = super().apply(obj, field_manager)
         meta = obj["metadata"]
         live = self.objects[(obj["kind"], meta["namespace"], meta["name"])]
         live["metadata"]["resourceVersion"] = str(next(self._versions))
         applied["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
         return applied
 
-    def patch_status(self, namespace: str, name: str, patch: JSON) -> JSON:
-        super().patch_status(namespace, name, patch)
-        guide = self.objects[("ShoppingGuide", namespace, name)]
+    def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        patch: JSON,
+        resource_version: str | None,
+        kind: str = "ShoppingGuide",
+    ) -> JSON:
+        super().patch_status(namespace, name, patch, resource_version, kind)
+        guide = self.objects[(kind, namespace, name)]
         guide["metadata"]["resourceVersion"] = str(next(self._versions))
         return copy.deepcopy(guide)
 
@@ -85,8 +94,7 @@ class Offline(CachedCluster):
 
 
 def matches(kind: str, obj: JSON) -> bool:
-    wanted = parse_selector(WATCHED[kind])
-    return wanted.items() <= ((obj["metadata"].get("labels") or {}).items())
+    return selects(parse_selector(WATCHED[kind]), obj["metadata"].get("labels") or {})
 
 
 def sync(cache: CachedCluster, fake: FakeCluster) -> None:
@@ -230,8 +238,8 @@ def test_job_pods_are_listed_by_job_name_from_memory(cache: Offline) -> None:
     pods = cache.list("Pod", NS, {"batch.kubernetes.io/job-name": "a"})
     assert sorted(p["metadata"]["name"] for p in pods) == ["p0", "p1"]
     assert parse_selector(WATCHED["Pod"]) == {
-        "app.kubernetes.io/managed-by": "shopping-guide-operator",
-        "app.kubernetes.io/component": "training",
+        "app.kubernetes.io/managed-by": frozenset({"shopping-guide-operator"}),
+        "app.kubernetes.io/component": frozenset({"training", "erasure"}),
     }
 
 
@@ -403,3 +411,31 @@ def test_the_cache_keeps_no_managed_fields(cache: Offline) -> None:
     cache.observe("ConfigMap", NS, {"kind": "ConfigMap", "metadata": meta})
     found = cache.get("ConfigMap", NS, "c")
     assert found is not None and "managedFields" not in found["metadata"]
+
+
+def test_a_kind_that_is_not_served_counts_as_empty_and_synced() -> None:
+    """An installation without the erasure CRD: its informer's list answers 404; the namespace
+    still syncs (nothing to erase), instead of every pass waiting for it and failing."""
+
+    class NotServed(CachedCluster):
+        def request_json(self, method: str, path: str, query: dict[str, str]) -> JSON:
+            raise ApiError(404, "the server could not find the requested resource")
+
+    kinds: dict[str, str | None] = {"ShoppingGuideErasure": None}
+    cache = NotServed(FakeCluster(), None, lambda key: None, kinds, 5)  # type: ignore[arg-type]
+    try:
+        assert cache.list("ShoppingGuideErasure", NS, {}) == []
+    finally:
+        cache.stop()
+
+
+def test_a_change_of_an_erasure_request_wakes_its_guide() -> None:
+    woken: list[tuple[str, str]] = []
+    cache = Offline(FakeCluster(), None, woken.append)  # type: ignore[arg-type]
+    request = {
+        "kind": "ShoppingGuideErasure",
+        "metadata": {"name": "gdpr-1", "namespace": NS, "resourceVersion": "7"},
+        "spec": {"guide": "storefront", "userIdSha256": ["0" * 64]},
+    }
+    cache.observe("ShoppingGuideErasure", NS, request)
+    assert woken == [(NS, "storefront")]
