@@ -133,7 +133,7 @@ else
     go_install coredns "$COREDNS_MODULE@$COREDNS_VERSION" \
         "-s -w -X $COREDNS_MODULE/coremain.GitCommit=${COREDNS_COMMIT:0:8}" -tags grpcnotrace
 fi
-"$BIN_DIR/coredns" -version | grep -q "CoreDNS-${COREDNS_VERSION#v}" ||
+"$BIN_DIR/coredns" -version | grep "CoreDNS-${COREDNS_VERSION#v}" >/dev/null ||
     { log "$BIN_DIR/coredns does not report version $COREDNS_VERSION"; exit 1; }
 
 # --- metrics-server -----------------------------------------------------------------------

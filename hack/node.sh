@@ -408,7 +408,7 @@ node_cleanup() {
     local ns
     for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
         [[ "$ns" == cni-* ]] || continue
-        if ip netns exec "$ns" ip -4 -o addr show 2>/dev/null | grep -q ' inet 198\.1[89]\.'; then
+        if ip netns exec "$ns" ip -4 -o addr show 2>/dev/null | grep ' inet 198\.1[89]\.' >/dev/null; then
             ip netns delete "$ns" 2>/dev/null || true
         fi
     done
@@ -442,7 +442,7 @@ kube_chains_remove() {
     for tool in iptables ip6tables; do
         command -v "$tool" >/dev/null || continue
         for table in filter nat mangle raw; do
-            "$tool-save" -t "$table" 2>/dev/null | grep -q . || continue
+            "$tool-save" -t "$table" 2>/dev/null | grep . >/dev/null || continue
             # Jumps from built-in chains first, then the chains themselves.
             "$tool-save" -t "$table" 2>/dev/null | awk '/^-A [A-Z]+ .*-j KUBE-/' |
                 while read -r _ chain rest; do
