@@ -88,15 +88,20 @@ start_component() {
     # fd 9 is the state lock: the long-lived process must not inherit it.
     KWOK_WORKDIR="$STATE/kwok" setsid "$bin" "$@" </dev/null >>"$LOG_DIR/$name.log" 2>&1 9>&- &
     pid=$!
+    # The command line setsid execs, recorded as we know it rather than read from /proc: in
+    # the middle of an exec, /proc/PID/exe already names the new binary while
+    # /proc/PID/cmdline is still empty, and an empty record would never match again.
+    printf '%s\0' "$bin" "$@" >"$PID_DIR/$name.cmdline"
     exe=$(readlink -f "$bin")
     for ((i = 0; i < 100; i++)); do
-        [[ "$(readlink "/proc/$pid/exe" 2>/dev/null || true)" == "$exe" ]] && break
+        if [[ "$(readlink "/proc/$pid/exe" 2>/dev/null || true)" == "$exe" ]]; then
+            echo "$pid" >"$PID_DIR/$name.pid"
+            component_running "$name" && break
+        fi
         sleep 0.05
     done
-    [[ "$(readlink "/proc/$pid/exe" 2>/dev/null || true)" == "$exe" ]] ||
+    component_running "$name" ||
         { tail -n 20 "$LOG_DIR/$name.log" >&2; die "$name did not start"; }
-    echo "$pid" >"$PID_DIR/$name.pid"
-    cat "/proc/$pid/cmdline" >"$PID_DIR/$name.cmdline"
     log "started $name (pid $pid, log $LOG_DIR/$name.log)"
 }
 
