@@ -87,7 +87,10 @@ class Serving:
                 self.processes.append(subprocess.Popen(
                     [sys.executable, "-m", "shopping_guide.cli", "serve", "--model-store",
                      str(self.root / "store"), "--routing", str(routing.path), "--host",
-                     "127.0.0.1", "--port", str(port), "--reload-interval", "0.2"],
+                     "127.0.0.1", "--port", str(port), "--reload-interval", "0.2",
+                     # Its metrics carry the guide's name, as the Deployment's pods do: the
+                     # operator's Prometheus queries select on it.
+                     "--guide-name", "storefront"],
                     stdout=log, stderr=subprocess.STDOUT,
                 ))  # fmt: skip
             self.routing.append(routing)
