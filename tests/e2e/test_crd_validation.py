@@ -446,7 +446,7 @@ INVALID: list[tuple[str, Mutation, str]] = [
     (
         "a metrics peer CIDR that is no CIDR",
         _set(
-            "spec.serving.networkPolicy", {"metricsFrom": [{"ipBlock": {"cidr": "10.0.0.300/8"}}]}
+            "spec.serving.networkPolicy", {"metricsFrom": [{"ipBlock": {"cidr": "198.18.0.300/8"}}]}
         ),
         "ipBlock.cidr must be a CIDR",
     ),

@@ -187,7 +187,7 @@ def test_load_failure_of_the_canary_version_with_the_pods_reasons(
         ("https://prometheus.monitoring.svc.cluster.local:9091/prom", True),
         ("http://prometheus.monitoring:9090", False),  # not a fully named service
         ("http://169.254.169.254/latest/meta-data", False),
-        ("http://10.0.0.7:9090", False),
+        ("http://198.18.0.7:9090", False),
         ("http://prometheus.example.com", False),
         ("http://prometheus.svc.example.com", False),
         ("http://prometheus.monitoring.svc@evil.example.com:9090", False),
@@ -230,7 +230,7 @@ def test_allow_list_entries_that_are_not_address_prefixes_are_refused(entry: str
 
 def test_an_address_outside_the_allow_list_gets_no_query_at_all(fake: FakePrometheus) -> None:
     provider = PrometheusProvider(
-        fake.address, {"namespace": "shop"}, allowed=AllowList.parse(["http://10.0.0.1:9090"])
+        fake.address, {"namespace": "shop"}, allowed=AllowList.parse(["http://198.18.0.1:9090"])
     )
     for call in (
         provider.generation_applied(),
@@ -264,9 +264,9 @@ def test_a_service_name_resolving_to_the_metadata_endpoint_is_not_connected() ->
                   ("fd00:ec2::254",), ("0.0.0.0",)):  # fmt: skip
         with pytest.raises(OSError, match="resolves to no address the operator may query"):
             asyncio.run(GuardedResolver(StubResolver(*hosts)).resolve("x.team.svc", 80))
-    mixed = GuardedResolver(StubResolver("169.254.169.254", "10.96.0.12"))
+    mixed = GuardedResolver(StubResolver("169.254.169.254", "198.18.128.12"))
     assert [r["host"] for r in asyncio.run(mixed.resolve("prometheus.monitoring.svc"))] == [
-        "10.96.0.12"
+        "198.18.128.12"
     ]
 
 
