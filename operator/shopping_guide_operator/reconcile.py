@@ -187,18 +187,19 @@ def report_failure(
     return PassResult(body, c.transitions(previous, new["conditions"]), ERROR_SECONDS)
 
 
-def _create_job(cluster: Cluster, job: JSON, guide: Guide) -> str | None:
-    """Create a training Job; the error for status, or None when the Job is (now) ours."""
+def _create_job(cluster: Cluster, job: JSON, guide: Guide, purpose: str) -> str | None:
+    """Create a Job (`purpose`: training, erasure); the error for status, or None when the
+    Job is (now) ours."""
     name = job["metadata"]["name"]
     try:
         create_owned(cluster, job, guide.uid)
     except NotOwnedError:
         return (
-            f"training Job {name} already exists and is not owned by this ShoppingGuide; "
-            "delete it to let training run"
+            f"{purpose} Job {name} already exists and is not owned by this ShoppingGuide; "
+            f"delete it to let the {purpose} run"
         )
     except ApiError as exc:
-        return f"training Job {name}: {exc.message}"
+        return f"{purpose} Job {name}: {exc.message}"
     return None
 
 
@@ -267,7 +268,7 @@ def reconcile(
         job = build_job(
             guide, step.create.run_key, step.create.attempt, step.create.trigger, stable, status
         )
-        error = _create_job(cluster, job, guide)
+        error = _create_job(cluster, job, guide, "training")
         if error is None:
             started = f"started {job['metadata']['name']} ({step.create.trigger})"
             events.append(("Normal", "TrainingStarted", started))
@@ -401,7 +402,7 @@ def _erase(
     errors: list[str] = []
     statuses = dict(step.statuses)
     if step.start is not None:
-        error = _create_job(cluster, build_erasure_job(guide, step.start), guide)
+        error = _create_job(cluster, build_erasure_job(guide, step.start), guide, "erasure")
         if error is not None:
             errors.append(error)
             statuses.pop(step.start.name, None)

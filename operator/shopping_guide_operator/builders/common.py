@@ -13,6 +13,8 @@ from ..constants import (
     LABEL_NAME,
     MANAGED_BY,
     RUN_AS_USER,
+    TERMINATION_LOG,
+    TRAINER_CONTAINER,
 )
 from ..spec import JSON, Guide, Placement
 
@@ -103,3 +105,45 @@ def tmp_volume() -> tuple[JSON, JSON]:
         {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
         {"name": "tmp", "mountPath": "/tmp"},
     )
+
+
+def models_volume(guide: Guide) -> JSON:
+    return {"name": "models", "persistentVolumeClaim": {"claimName": guide.model_store_claim}}
+
+
+def batch_pod_template(
+    guide: Guide,
+    pod_labels: dict[str, str],
+    args: list[str],
+    mounts: list[JSON],
+    volumes: list[JSON],
+) -> JSON:
+    """The pod of a run-to-completion trainer command (training, erasure): one attempt, no
+    API token, read-only root with a writable /tmp, the training resources and placement. The
+    result is the termination message, read by the operator from the finished pod."""
+    tmp, tmp_mount = tmp_volume()
+    container: JSON = {
+        "name": TRAINER_CONTAINER,
+        "image": guide.image,
+        "imagePullPolicy": guide.image_pull_policy,
+        "command": ["shopping-guide"],
+        "args": args,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "File",
+        "securityContext": container_security_context(),
+        "volumeMounts": [*mounts, tmp_mount],
+    }
+    if guide.training.resources:
+        container["resources"] = dict(guide.training.resources)
+    return {
+        "metadata": {"labels": pod_labels},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "securityContext": pod_security_context(),
+            "containers": [container],
+            "volumes": [*volumes, tmp],
+            **placement(guide.training.placement),
+            **pull_secrets(guide),
+        },
+    }

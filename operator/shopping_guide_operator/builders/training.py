@@ -26,21 +26,17 @@ from ..constants import (
     MODEL_MOUNT,
     ROUTING_MOUNT,
     TERMINATION_LOG,
-    TRAINER_CONTAINER,
 )
 from ..spec import JSON, Guide
 from .common import (
-    container_security_context,
+    batch_pod_template,
     cronjob_name,
     guide_store_args,
     job_name,
     labels,
     metadata,
-    placement,
-    pod_security_context,
-    pull_secrets,
+    models_volume,
     routing_configmap_name,
-    tmp_volume,
 )
 
 TRIGGER_SCHEDULE = "schedule"
@@ -141,50 +137,24 @@ def trainer_args(guide: Guide, champion: str | None, protect: Iterable[str] = ()
 def pod_template(
     guide: Guide, champion: str | None, pod_labels: dict[str, str], protect: Iterable[str] = ()
 ) -> JSON:
-    tmp, tmp_mount = tmp_volume()
-    container: JSON = {
-        "name": TRAINER_CONTAINER,
-        "image": guide.image,
-        "imagePullPolicy": guide.image_pull_policy,
-        "command": ["shopping-guide"],
-        "args": trainer_args(guide, champion, protect),
-        "terminationMessagePath": TERMINATION_LOG,
-        "terminationMessagePolicy": "File",
-        "securityContext": container_security_context(),
-        "volumeMounts": [
-            {"name": "data", "mountPath": DATA_MOUNT, "readOnly": True},
-            {"name": "models", "mountPath": MODEL_MOUNT},
-            # Read when the run prunes: what serves then is never pruned.
-            {"name": "routing", "mountPath": ROUTING_MOUNT, "readOnly": True},
-            tmp_mount,
-        ],
-    }
-    if guide.training.resources:
-        container["resources"] = dict(guide.training.resources)
-    return {
-        "metadata": {"labels": pod_labels},
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": False,
-            "securityContext": pod_security_context(),
-            "containers": [container],
-            "volumes": [
-                {
-                    "name": "data",
-                    "persistentVolumeClaim": {"claimName": guide.data.claim, "readOnly": True},
-                },
-                {"name": "models", "persistentVolumeClaim": {"claimName": guide.model_store_claim}},
-                # Optional: the first run may start before the operator wrote any routing.
-                {
-                    "name": "routing",
-                    "configMap": {"name": routing_configmap_name(guide), "optional": True},
-                },
-                tmp,
-            ],
-            **placement(guide.training.placement),
-            **pull_secrets(guide),
+    mounts: list[JSON] = [
+        {"name": "data", "mountPath": DATA_MOUNT, "readOnly": True},
+        {"name": "models", "mountPath": MODEL_MOUNT},
+        # Read when the run prunes: what serves then is never pruned.
+        {"name": "routing", "mountPath": ROUTING_MOUNT, "readOnly": True},
+    ]
+    volumes: list[JSON] = [
+        {
+            "name": "data",
+            "persistentVolumeClaim": {"claimName": guide.data.claim, "readOnly": True},
         },
-    }
+        models_volume(guide),
+        # Optional: the first run may start before the operator wrote any routing.
+        {"name": "routing", "configMap": {"name": routing_configmap_name(guide), "optional": True}},
+    ]
+    return batch_pod_template(
+        guide, pod_labels, trainer_args(guide, champion, protect), mounts, volumes
+    )
 
 
 def job_spec(
