@@ -54,6 +54,8 @@ def main() -> int:
         "itemknn_bm25": ["--algorithm", "itemknn"],
         "als_tuned": ["--algorithm", "als", "--tune", "--tune-trials", "40"],
         "itemknn_tuned": ["--algorithm", "itemknn", "--tune", "--tune-trials", "40"],
+        "ease": ["--algorithm", "ease"],
+        "ease_tuned": ["--algorithm", "ease", "--tune", "--tune-trials", "40"],
     }
     with TemporaryDirectory() as tmp:
         baseline: list[float] = []

@@ -36,6 +36,9 @@ MODEL_PARAMS: dict[str, dict[str, str]] = {
         "weighting": "weighting",
     },
     "itemknn": {"similarity": "similarity", "neighbours": "neighbours", "k1": "k1", "b": "b"},
+    "ease": {"regularization": "regularization", "neighbours": "neighbours", "binary": "binary"},
+    # Tunes each family with its own search space: no parameters of its own.
+    "auto": {},
 }
 
 
@@ -142,7 +145,9 @@ class Model:
     def parse(cls, model: Mapping[str, Any]) -> Model:
         algorithm = str(model.get("algorithm", "als"))
         if algorithm not in MODEL_PARAMS:
-            raise SpecError(f"model.algorithm {algorithm!r} is not one of als, bpr, itemknn")
+            raise SpecError(
+                f"model.algorithm {algorithm!r} is not one of {', '.join(MODEL_PARAMS)}"
+            )
         names = MODEL_PARAMS[algorithm]
         foreign = sorted(k for k in model if k not in _MODEL_KEYS and k not in names)
         if foreign:

@@ -90,7 +90,40 @@ ALGORITHMS: dict[str, tuple[Param, ...]] = {
         Param("k1", 1.2, 0.0, 100.0, search=(0.6, 1.2, 2.0, 5.0)),
         Param("b", 0.75, 0.0, 1.0, search=(0.25, 0.5, 0.75, 1.0)),
     ),
+    "ease": (
+        Param(
+            "regularization",
+            50.0,
+            0.0,
+            1e7,
+            search=(10.0, 20.0, 50.0, 100.0, 200.0, 500.0),
+            help="lambda: the ridge penalty on the item-item weights",
+        ),
+        # Fewer weights kept generalise better on Online Retail: nDCG@10 0.273 dense, 0.278 at
+        # 500, 0.281 at 200, 0.286 at 50, 0.290 at 20 (lambda 50, mean of three seeds).
+        Param(
+            "neighbours",
+            50,
+            1,
+            10_000,
+            search=(10, 20, 50, 100, 200),
+            help="weights kept per item (the largest by magnitude) in the stored model",
+        ),
+        Param(
+            "binary",
+            "true",
+            choices=("true", "false"),
+            search=("true", "false"),
+            help="fit on 0/1 interactions instead of the weighted counts",
+        ),
+    ),
 }
+
+
+# `--algorithm auto`: tune every family and keep the best on the inner validation split.
+# Cheapest first, so a short budget still sees the strongest candidates on Online Retail.
+AUTO = "auto"
+AUTO_FAMILIES = ("ease", "itemknn", "als", "bpr")
 
 
 def params_of(algorithm: str) -> tuple[Param, ...]:
@@ -180,4 +213,14 @@ def fit(algorithm: str, params: Mapping[str, Value], user_items: sp.csr_matrix, 
             }[str(resolved["similarity"])]()
             knn.fit(matrix, show_progress=False)
             return Model.from_similarity(algorithm, resolved, knn.similarity, user_items)
+    if algorithm == "ease":
+        from .ease import fit_ease
+
+        weights = fit_ease(
+            matrix,
+            float(resolved["regularization"]),
+            int(resolved["neighbours"]),
+            resolved["binary"] == "true",
+        )
+        return Model.from_similarity(algorithm, resolved, weights, user_items)
     raise ConfigError(f"unknown algorithm {algorithm!r}")  # pragma: no cover - params_of checks

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from shopping_guide_contracts import training_result
 
-from .algorithms import ALGORITHMS
+from .algorithms import ALGORITHMS, AUTO, AUTO_FAMILIES
 from .artifacts import parse_guide
 from .catalog import CatalogSchema
 from .errors import ConfigError, ShoppingGuideError
@@ -96,7 +96,12 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     model = p.add_argument_group("model")
     model.add_argument("--model-store", type=Path, required=True)
-    model.add_argument("--algorithm", choices=list(ALGORITHMS), default="als")
+    model.add_argument(
+        "--algorithm",
+        choices=[*ALGORITHMS, AUTO],
+        default="als",
+        help=f"{AUTO}: tune each of {', '.join(AUTO_FAMILIES)} and keep the best (implies --tune)",
+    )
     model.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     model.add_argument("--tune", action="store_true", help="hyperparameter search first")
     model.add_argument("--tune-method", choices=("random", "grid"), default="random")

@@ -53,7 +53,7 @@ def item_weighting(
 
 @dataclass
 class Model:
-    """Either factors (ALS, BPR) or an item x item similarity (item-KNN), plus what any model
+    """Either factors (ALS, BPR) or an item x item similarity (item-KNN, EASE), plus what any model
     needs to serve: the training history and item popularity."""
 
     algorithm: str
@@ -181,7 +181,7 @@ class Model:
             for name, values in (("user", self.user_factors), ("item", self.item_factors)):
                 if not np.isfinite(values).all():
                     raise ArtifactError(f"{name} factors hold non-finite values")
-        if self.algorithm == "itemknn":
+        if self.algorithm in ("itemknn", "ease"):
             if self.similarity is None or self.similarity.shape != (n_items, n_items):
                 raise ArtifactError(f"similarity must be {n_items} x {n_items}")
             if not np.isfinite(self.similarity.data).all():

@@ -12,7 +12,7 @@ import numpy as np
 
 from shopping_guide_contracts import training_result
 
-from .algorithms import Value, fit, resolve_params
+from .algorithms import AUTO, AUTO_FAMILIES, Value, fit, resolve_params
 from .ann import AnnIndex
 from .artifacts import ModelStore, forgotten_user_hashes, forgotten_users, user_sha256
 from .catalog import Catalog, CatalogSchema, catalog_from_table, derive_from_events, load_catalog
@@ -24,7 +24,7 @@ from .hybrid import cold_item_evaluation, extend_items
 from .interactions import Scale, build_interactions
 from .model import Model
 from .splits import SplitKind, split
-from .tuning import Method, search
+from .tuning import Method, search, search_families, tune_content_weight
 
 
 @dataclass
@@ -81,7 +81,16 @@ def train(config: TrainConfig) -> dict[str, Any]:
             f"metric must be one of {', '.join(training_result.metric_keys(config.k))}"
         )
     # Validate parameters before reading a large file.
-    params = resolve_params(config.algorithm, config.params)
+    if config.algorithm == AUTO:
+        if config.params:
+            raise ConfigError(
+                f"--param {', '.join(sorted(config.params))} needs a named algorithm: "
+                f"--algorithm auto tunes each of {', '.join(AUTO_FAMILIES)} with its own space"
+            )
+        params: dict[str, Value] = {}
+    else:
+        params = resolve_params(config.algorithm, config.params)
+    algorithm = config.algorithm
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -126,41 +135,60 @@ def train(config: TrainConfig) -> dict[str, Any]:
     mark = lap("split", mark)
 
     tuning: dict[str, Any] | None = None
-    if config.tune:
-        found = search(
-            config.algorithm,
-            config.params,
-            holdout.train,
-            split_kind=config.split,
-            fraction=config.test_fraction,
-            metric=config.metric,
-            k=config.k,
-            seed=config.seed,
-            budget_seconds=config.tune_budget_seconds,
-            max_trials=config.tune_trials,
-            method=config.tune_method,
-            max_users=config.eval_users,
-        )
+    if config.tune or algorithm == AUTO:
+        options: dict[str, Any] = {
+            "split_kind": config.split,
+            "fraction": config.test_fraction,
+            "metric": config.metric,
+            "k": config.k,
+            "seed": config.seed,
+            "method": config.tune_method,
+            "max_users": config.eval_users,
+        }
+        budget, trials = config.tune_budget_seconds, config.tune_trials
+        if algorithm == AUTO:
+            found = search_families(
+                AUTO_FAMILIES, holdout.train, budget_seconds=budget, max_trials=trials, **options
+            )
+            algorithm = found.algorithm
+        else:
+            found = search(
+                algorithm, config.params, holdout.train, budget_seconds=budget,
+                max_trials=trials, **options,
+            )  # fmt: skip
         params = found.best
         tuning = {
             "method": config.tune_method,
-            "trials": len(found.trials),
+            "trials": sum(int(f["trials"]) for f in found.families.values())
+            if found.families
+            else len(found.trials),
             "stopped_by_budget": found.stopped_by_budget,
             "best_validation": round(found.best_score, 6),
         }
+        if found.families:
+            tuning["families"] = found.families
         mark = lap("tune", mark)
 
-    model = fit(config.algorithm, params, holdout.train.matrix, config.seed)
+    content_weight = config.content_weight
+    if content is not None and tuning is not None:
+        content_weight, weights = tune_content_weight(
+            algorithm, params, holdout.train, content, content_weight,
+            **{key: value for key, value in options.items() if key != "method"},
+        )  # fmt: skip
+        tuning["content_weight"] = {"chosen": content_weight, "validation": weights}
+        mark = lap("tune_content_weight", mark)
+
+    model = fit(algorithm, params, holdout.train.matrix, config.seed)
     mark = lap("fit", mark)
     hybrid: dict[str, Any] | None = None
     if content is not None:
         collaborative = evaluate(model, holdout, users, config.k)
-        model.content_similarity, model.content_weight = content, config.content_weight
+        model.content_similarity, model.content_weight = content, content_weight
         hybrid = {
-            "content_weight": config.content_weight,
+            "content_weight": content_weight,
             "collaborative": _rounded(collaborative),
             "cold_items": cold_item_evaluation(
-                data, config.algorithm, params, content, config.content_weight, config.k,
+                data, algorithm, params, content, content_weight, config.k,
                 config.seed, config.eval_users,
             ),
         }  # fmt: skip
@@ -187,7 +215,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     served, served_data = model, holdout.train
     if config.refit:
-        served, served_data = fit(config.algorithm, params, data.matrix, config.seed), data
+        served, served_data = fit(algorithm, params, data.matrix, config.seed), data
         served.content_similarity, served.content_weight = (
             model.content_similarity,
             (model.content_weight),
@@ -246,7 +274,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "schema": training_result.SCHEMA_VERSION,
         "version": version,
         "artifact": str(path),
-        "algorithm": config.algorithm,
+        "algorithm": algorithm,
         "params": params,
         "metrics": _rounded(metrics),
         "baseline": {"popularity": _rounded(popularity)},

@@ -108,7 +108,27 @@ INVALID: list[tuple[str, Mutation, str]] = [
     (
         "neighbours with als",
         _set("spec.model", {"algorithm": "als", "neighbours": 8}),
-        "apply to the itemknn algorithm only",
+        "model.neighbours applies to the itemknn and ease algorithms only",
+    ),
+    (
+        "k1 with ease",
+        _set("spec.model", {"algorithm": "ease", "k1": 1.2}),
+        "model.similarity, k1 and b apply to the itemknn algorithm only",
+    ),
+    (
+        "factors with ease",
+        _set("spec.model", {"algorithm": "ease", "factors": 8}),
+        "apply to als and bpr, not ease",
+    ),
+    (
+        "parameters with auto",
+        _set("spec.model", {"algorithm": "auto", "regularization": 1.0}),
+        "model.algorithm auto tunes every family",
+    ),
+    (
+        "binary with als",
+        _set("spec.model", {"algorithm": "als", "binary": False}),
+        "model.binary applies to the ease algorithm only",
     ),
     ("unknown algorithm", _set("spec.model", {"algorithm": "svd"}), 'supported values: "als"'),
     (
@@ -520,6 +540,14 @@ VALID_VARIANTS: list[tuple[str, Mutation]] = [
     ),
     ("a cron with ? and 7 for Sunday", _set("spec.training.schedule", "15 3 ? * 7")),
     ("a cron macro", _set("spec.training.schedule", "@daily")),
+    ("the algorithm chosen by tuning", _set("spec.model", {"algorithm": "auto"})),
+    (
+        "ease with its parameters",
+        _set(
+            "spec.model",
+            {"algorithm": "ease", "regularization": 50, "neighbours": 50, "binary": True},
+        ),
+    ),
     ("a time zone", _set("spec.training.timeZone", "America/Argentina/Buenos_Aires")),
     ("UTC", _set("spec.training.timeZone", "UTC")),
     (

@@ -11,7 +11,7 @@ from benchmarks.online_retail import train_json
 pytestmark = pytest.mark.quality
 
 
-@pytest.mark.parametrize("algorithm", ["als", "itemknn"])
+@pytest.mark.parametrize("algorithm", ["als", "itemknn", "ease"])
 def test_beats_popularity_three_times_on_ndcg(algorithm: str, tmp_path: Path) -> None:
     result = train_json(tmp_path, "--algorithm", algorithm)
     ndcg = result["metrics"]["ndcg@10"]  # type: ignore[index]

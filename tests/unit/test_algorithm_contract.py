@@ -119,6 +119,16 @@ class TestItemKNNBM25(AlgorithmContract):
     params: ClassVar[dict[str, Value]] = {"similarity": "bm25", "neighbours": 20}
 
 
+class TestEASE(AlgorithmContract):
+    algorithm = "ease"
+    params: ClassVar[dict[str, Value]] = {"regularization": 5.0, "neighbours": 20}
+
+
+class TestEASEOnCounts(AlgorithmContract):
+    algorithm = "ease"
+    params: ClassVar[dict[str, Value]] = {"regularization": 5.0, "binary": "false"}
+
+
 @pytest.mark.parametrize(
     ("algorithm", "params", "message"),
     [
@@ -127,6 +137,8 @@ class TestItemKNNBM25(AlgorithmContract):
         ("als", {"alpha": "nan"}, "alpha must be finite"),
         ("als", {"neighbours": "5"}, "als has no parameter neighbours"),
         ("itemknn", {"similarity": "jaccard"}, "similarity must be one of cosine, bm25, tfidf"),
+        ("ease", {"binary": "yes"}, "binary must be one of true, false"),
+        ("ease", {"factors": 8}, "ease has no parameter factors"),
         ("svd", {}, "unknown algorithm 'svd'"),
     ],
 )

@@ -102,3 +102,27 @@ def test_a_brand_new_item_is_recommended_and_similar_through_content(
     # ... and no mug buyer's first place.
     ids, _ = model.recommend(mugs, model.user_items[mugs], 1)
     assert "a3" not in set(names[ids[:, 0]])
+
+
+def test_tuning_chooses_the_content_weight_on_the_validation_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = tmp_path / "events.csv"
+    lines = ["user_id,item_id"]
+    for u in range(40):
+        lines += [f"u{u},a1", f"u{u},a2"] if u % 2 else [f"u{u},b1", f"u{u},b2"]
+    events.write_text("\n".join(lines) + "\n")
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text(CATALOG + "a3,Green paper lantern,lighting,4.0,true\n")
+    code = main(["train", "--events", str(events), "--catalog", str(catalog), "--model-store",
+                 str(tmp_path / "m"), "--algorithm", "itemknn", "--content-weight", "0.3",
+                 "--tune", "--tune-trials", "2"])  # fmt: skip
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    tuned = result["tuning"]["content_weight"]
+    assert set(tuned["validation"]) == {"0.3", "0", "0.1", "0.2", "0.5", "0.7"}
+    best = max(tuned["validation"].values())
+    assert tuned["validation"][f"{tuned['chosen']:g}"] == best
+    # The given weight is the first candidate: kept unless another one beats it.
+    assert tuned["chosen"] == 0.3 or tuned["validation"]["0.3"] < best
+    assert result["hybrid"]["content_weight"] == tuned["chosen"]

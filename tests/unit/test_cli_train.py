@@ -166,6 +166,29 @@ def test_tune_reports_the_search(
     assert result["tuning"]["trials"] == 4
 
 
+def test_auto_reports_the_family_it_chose_and_stores_it(
+    two_taste_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "m"
+    code = main(["train", "--events", str(two_taste_csv), "--model-store", str(store),
+                 "--algorithm", "auto", "--tune-trials", "4"])  # fmt: skip
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    families = result["tuning"]["families"]
+    assert set(families) == {"ease", "itemknn", "als", "bpr"}
+    chosen = max(families, key=lambda f: families[f]["best_validation"])
+    assert result["algorithm"] == chosen
+    assert ModelStore(store).load(result["version"]).model.algorithm == chosen
+
+
+def test_auto_refuses_parameters(two_taste_csv: Path, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    code = main(["train", "--events", str(two_taste_csv), "--model-store", str(tmp_path / "m"),
+                 "--algorithm", "auto", "--param", "factors=8"])  # fmt: skip
+    assert code != 0
+    assert "--param factors needs a named algorithm" in capsys.readouterr().err
+
+
 def test_termination_message_drops_detail_to_fit() -> None:
     document = {
         "schema": 1,

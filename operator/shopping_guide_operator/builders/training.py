@@ -114,7 +114,8 @@ def trainer_args(guide: Guide, champion: str | None, protect: Iterable[str] = ()
         _number(evaluation["seed"]),
     ]
     tune = training.tune
-    if tune.get("enabled"):
+    # auto chooses the family by tuning: it always tunes, within training.tune's limits.
+    if tune.get("enabled") or guide.model.algorithm == "auto":
         args += ["--tune", "--tune-method", str(tune.get("method", "random"))]
         if tune.get("budgetSeconds"):
             args += ["--tune-budget", _number(tune["budgetSeconds"])]

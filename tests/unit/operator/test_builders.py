@@ -205,6 +205,19 @@ def test_tuning_flags(make_guide: MakeGuide) -> None:
     assert "--tune --tune-method random --tune-trials 8 --metric ndcg@10" in text
 
 
+def test_ease_params_and_auto_tuning(make_guide: MakeGuide) -> None:
+    model = {"algorithm": "ease", "alpha": None, "factors": None}
+    ease = make_guide({"model": {**model, "regularization": 50, "neighbours": 20, "binary": False}})
+    text = " ".join(trainer_args(ease, None))
+    assert "--algorithm ease --param binary=false --param neighbours=20" in text
+    assert "--param regularization=50" in text and "--tune" not in text
+    auto = make_guide({"model": {"algorithm": "auto", "alpha": None, "factors": None}})
+    text = " ".join(trainer_args(auto, None))
+    # The family is chosen by tuning, so an auto guide tunes even without training.tune.
+    assert "--algorithm auto --split" in text
+    assert "--tune --tune-method random" in text and "--metric ndcg@10" in text
+
+
 def test_job_reports_through_the_termination_message(make_guide: MakeGuide) -> None:
     guide = make_guide(
         {
