@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import logging
 import secrets
@@ -96,7 +95,7 @@ class Attributor:
         return cls(secrets.token_bytes(MIN_KEY_BYTES))
 
     def _mac(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, payload, hashlib.sha256).digest()[:MAC_BYTES]
+        return hmac.digest(self._key, payload, "sha256")[:MAC_BYTES]
 
     def issue(self, model_version: str, cohort: Cohort) -> str:
         version = model_version.encode()
