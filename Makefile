@@ -53,7 +53,10 @@ chart-sync: ## refresh what is generated from crds/ and operator/rbac/: chart co
 	cp operator/rbac/role.yaml charts/shopping-guide/files/role.yaml
 	$(BIN)/python hack/crd_reference.py > docs/reference.md
 
-.PHONY: help install lint format test test-unit test-e2e deps bench chart-sync demo demo-down
+openapi: ## regenerate docs/openapi.json from the server's types (serving/schema.py)
+	$(BIN)/python -m shopping_guide.serving.openapi > docs/openapi.json
+
+.PHONY: help install lint format test test-unit test-e2e deps bench chart-sync openapi demo demo-down
 
 images: ## build both container images with podman (hack/images.sh --help)
 	hack/images.sh build

@@ -78,6 +78,8 @@ WATCHED: dict[str, str | None] = {
     "CronJob": OURS,
     "Job": OURS,
     "Pod": f"{OURS},{LABEL_COMPONENT} in ({COMPONENT_TRAINING},{COMPONENT_ERASURE})",
+    # The attribution key: ours only, so no other Secret's data reaches the operator.
+    "Secret": OURS,
     "HorizontalPodAutoscaler": OURS,
     "PodDisruptionBudget": OURS,
     "NetworkPolicy": OURS,
@@ -87,7 +89,8 @@ INFORMER_VERBS = ("list", "watch")
 # kind -> the `Cluster` write methods reconcile calls on it (through `CachedCluster` below):
 # `ensure` applies the ConfigMap, Service, Deployment, CronJob, HPA, PDB and NetworkPolicy;
 # `ensure_absent` deletes the optional ones (CronJob, HPA, PDB, NetworkPolicy) when the spec
-# drops them; a training Job is created, never applied, and deleted when superseded; of the
+# drops them; a training Job is created, never applied, and deleted when superseded; the
+# attribution key Secret is created once, never applied (its key is random); of the
 # guides only the status is written (`patch_status`).
 WRITES: dict[str, tuple[str, ...]] = {
     "ShoppingGuide": ("patch_status",),
@@ -98,6 +101,7 @@ WRITES: dict[str, tuple[str, ...]] = {
     "CronJob": ("apply", "delete"),
     "Job": ("create", "delete"),
     "Pod": (),
+    "Secret": ("create",),
     "HorizontalPodAutoscaler": ("apply", "delete"),
     "PodDisruptionBudget": ("apply", "delete"),
     "NetworkPolicy": ("apply", "delete"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -19,6 +20,7 @@ from shopping_guide_contracts.routing import parse as parse_routing
 
 from . import conditions as c
 from . import erasure, rollout, runs
+from .builders.attribution import attribution_secret_name, build_attribution_secret
 from .builders.common import cronjob_name, routing_configmap_name
 from .builders.deployment import build_deployment
 from .builders.erasure import COMPONENT_ERASURE, build_erasure_job
@@ -203,6 +205,24 @@ def _create_job(cluster: Cluster, job: JSON, guide: Guide, purpose: str) -> str 
     return None
 
 
+def _ensure_attribution_key(cluster: Cluster, guide: Guide) -> str | None:
+    """The serving pods' shared signing key: created once with a random key, never rewritten
+    (a new key would make the ids already issued unattributable); the error for status."""
+    name = attribution_secret_name(guide)
+    live = cluster.get("Secret", guide.namespace, name)
+    if live is not None:
+        if owned_by(live, guide.uid):
+            return None
+        return f"Secret {name} already exists and is not owned by this ShoppingGuide"
+    try:
+        create_owned(cluster, build_attribution_secret(guide, secrets.token_urlsafe(32)), guide.uid)
+    except NotOwnedError as exc:
+        return str(exc)
+    except ApiError as exc:
+        return f"Secret {name}: {exc.message}"
+    return None
+
+
 def recover_stable(cluster: Cluster, guide: Guide, status: dict[str, Any]) -> list[Event]:
     """A status without a stable model (restored from a backup, reset by hand) takes it back
     from the routing ConfigMap the pods serve from, generation included, so that the next
@@ -331,6 +351,10 @@ def reconcile(
         else:
             wanted.append(manifest)
 
+    if served is not None:
+        key_error = _ensure_attribution_key(cluster, guide)
+        if key_error is not None:
+            errors.append(key_error)
     deployment: JSON | None = None
     for manifest in wanted:
         try:

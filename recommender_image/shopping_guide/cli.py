@@ -284,10 +284,11 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="catalogue size from which an approximate index serves (0: never)",
     )
     p.add_argument(
-        "--feedback-capacity",
-        type=int,
-        default=200_000,
-        help="recommendation ids remembered for feedback attribution",
+        "--attribution-key-file",
+        type=Path,
+        help="the key that signs recommendation ids, the same for every server of a guide "
+        "(the operator mounts a Secret); without it a random key, and feedback is attributed "
+        "only by the process that served the list",
     )
     p.add_argument(
         "--shutdown-timeout",
@@ -303,9 +304,13 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     from .artifacts import ModelStore
     from .serving.app import build_app
+    from .serving.attribution import Attributor, load_key
     from .serving.metrics import ServerMetrics
     from .serving.registry import Registry
 
+    attributor = None
+    if args.attribution_key_file is not None:
+        attributor = Attributor(load_key(args.attribution_key_file))
     registry = Registry(
         ModelStore(args.model_store, args.guide),
         args.routing,
@@ -315,7 +320,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         registry,
         metrics=ServerMetrics(guide=args.guide_name),
         metrics_address=None if args.metrics_port is None else (args.host, args.metrics_port),
-        served_capacity=args.feedback_capacity,
+        attributor=attributor,
         reload_interval=args.reload_interval,
     )
     web.run_app(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -189,3 +190,38 @@ def corrupt_copy(store: Path, version: str, name: str) -> str:
     raw[-1] ^= 0xFF
     target.write_bytes(bytes(raw))
     return name
+
+
+@contextlib.contextmanager
+def running_server(
+    store: Path, version: str, root: Path, *extra: str, canary: str | None = None
+) -> Iterator[Server]:
+    """A server process of its own on `store`, serving `version` (and half the users a
+    `canary`); `extra` are more flags of `serve`."""
+    root.mkdir(parents=True, exist_ok=True)
+    routing = RoutingDir(root / "routing")
+    document: dict[str, Any] = {"stable": version, "salt": "s1", "generation": 1}
+    if canary is not None:
+        document.update(canary=canary, canaryWeightBasisPoints=5000)
+    routing.write(document)
+    port = free_port()
+    log = root / "server.log"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "SHOPPING_GUIDE_NAME": GUIDE}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shopping_guide.cli", "serve", "--model-store", str(store),
+             "--routing", str(routing.path), "--host", "127.0.0.1", "--port", str(port),
+             "--reload-interval", "0.2", "--shutdown-timeout", "5", *extra],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    srv = Server(f"http://127.0.0.1:{port}", process, routing, Models(store, version, version), log)
+    try:
+        srv.wait_for(lambda: _ready(srv))
+        yield srv
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()

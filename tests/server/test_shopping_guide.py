@@ -77,11 +77,12 @@ def guide_server(hybrid_store: tuple[Path, str], tmp_path: Path) -> Iterator[Ser
 def test_filters_by_category_price_and_stock(guide_server: Server) -> None:
     status, body = guide_server.request("POST", "/v1/recommendations", {
         "user_id": "b-user-1", "k": 20,
-        "filters": {"category": "lighting", "max_price": 6, "in_stock_only": True}})  # fmt: skip
+        "filters": {"categories": ["lighting"], "max_price": 6,
+                    "in_stock_only": True}})  # fmt: skip
     assert status == 200 and body["items"]
     ids = {i["item_id"] for i in body["items"]}
     assert ids <= {"a0", "a1", "a2", "a4", "a5", "a99"}  # lanterns up to 6, a3 out of stock
-    status, body = guide_server.get("/v1/recommendations?user_id=a-user-2&category=kitchen&k=30")
+    status, body = guide_server.get("/v1/recommendations?user_id=a-user-2&categories=kitchen&k=30")
     assert {i["item_id"][0] for i in body["items"]} == {"b"}
 
 
@@ -128,7 +129,7 @@ def test_guide_understands_price_and_category(guide_server: Server) -> None:
     ("payload", "message"),
     [
         ({"query": "   "}, "empty"),
-        ({"query": "x" * 501}, "longer than 500"),
+        ({"query": "x" * 501}, "length <= 500"),
         ({"query": "quantum flux capacitor"}, "appears in the catalogue"),
         ({}, "query is required"),
     ],

@@ -11,6 +11,7 @@ from shopping_guide_contracts.routing import CONFIGMAP_KEY
 
 from ..constants import COMPONENT_SERVING, MODEL_MOUNT, ROUTING_MOUNT, SERVER_CONTAINER
 from ..spec import JSON, Guide
+from .attribution import ATTRIBUTION_MOUNT, attribution_key_path, attribution_secret_name
 from .common import (
     container_security_context,
     guide_store_args,
@@ -44,6 +45,10 @@ def server_args(guide: Guide) -> list[str]:
         str(guide.serving.metrics_port),
         "--guide-name",
         guide.name,
+        # The key every pod of the guide signs recommendation ids with: feedback sent to any
+        # pod is attributed to the version that served the list.
+        "--attribution-key-file",
+        attribution_key_path(),
     ]
 
 
@@ -84,6 +89,7 @@ def build_deployment(guide: Guide) -> JSON:
         "volumeMounts": [
             {"name": "models", "mountPath": MODEL_MOUNT, "readOnly": True},
             {"name": "routing", "mountPath": ROUTING_MOUNT, "readOnly": True},
+            {"name": "attribution", "mountPath": ATTRIBUTION_MOUNT, "readOnly": True},
             tmp_mount,
         ],
     }
@@ -118,6 +124,10 @@ def build_deployment(guide: Guide) -> JSON:
                         },
                     },
                     {"name": "routing", "configMap": {"name": routing_configmap_name(guide)}},
+                    {
+                        "name": "attribution",
+                        "secret": {"secretName": attribution_secret_name(guide)},
+                    },
                     tmp,
                 ],
                 **placement(serving.placement),

@@ -1,33 +1,56 @@
-"""HTTP endpoints (aiohttp). Every client mistake is a 4xx with `{"error": {code, message}}`."""
+"""HTTP endpoints (aiohttp). Every client mistake is a 4xx with `{"error": {code, message}}`.
+
+Bodies and query strings are decoded into the types of `schema` (unknown fields are errors)
+and answers are encoded from them, the same types `/openapi.json` documents.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import msgspec
 from aiohttp import web
+from msgspec import UNSET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from shopping_guide_contracts.routing import Cohort
+
 from ..errors import ArtifactError
-from .feedback import Served, ServedLog
+from . import openapi
+from .attribution import Attributor
+from .decoding import MAX_BODY_BYTES, RequestError, decode_body, decode_query
 from .guide import QueryError, guide, profile
 from .metrics import ServerMetrics
 from .registry import Registry, Snapshot
-from .scorer import Filters, ServingModel
+from .schema import (
+    BatchRequest,
+    BatchResponse,
+    CatalogFilters,
+    EmptyQuery,
+    ErrorDetail,
+    ErrorResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    GuideRequest,
+    GuideResponse,
+    Health,
+    ItemPath,
+    ProfileResponse,
+    Readiness,
+    RecommendationQuery,
+    RecommendationRequest,
+    RecommendationResponse,
+    ScoredItem,
+    SimilarQuery,
+    SimilarResponse,
+    UserPath,
+)
+from .scorer import Filters, Ranked, ServingModel
 
 log = logging.getLogger(__name__)
-
-MAX_K = 1000
-MAX_BATCH = 1000
-MAX_LIST = 10_000
-MAX_ID_LENGTH = 256
-MAX_BODY_BYTES = 1 << 20
-FEEDBACK_EVENTS = ("click", "cart", "purchase")
 
 # Paths whose requests are counted and timed, by the metric label they get.
 _ENDPOINTS = {
@@ -41,193 +64,144 @@ _ENDPOINTS = {
 
 REGISTRY = web.AppKey("registry", Registry)
 METRICS = web.AppKey("metrics", ServerMetrics)
-SERVED = web.AppKey("served", ServedLog)
+ATTRIBUTOR = web.AppKey("attributor", Attributor)
 STATE = web.AppKey("state", dict)
 
+_ENCODER = msgspec.json.Encoder()
 
-class RequestError(Exception):
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.code, self.message, self.status = code, message, status
+
+def _respond(body: msgspec.Struct, status: int = 200) -> web.Response:
+    return web.Response(body=_ENCODER.encode(body), status=status, content_type="application/json")
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+    return _respond(ErrorResponse(ErrorDetail(code, message)), status)
 
 
-# Input parsing ---------------------------------------------------------------------------
-def _user_id(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str) or not value.strip():
-        raise RequestError("invalid_user_id", "user_id is required and must be a non-empty string")
-    if len(value) > MAX_ID_LENGTH:
-        raise RequestError("invalid_user_id", f"user_id is longer than {MAX_ID_LENGTH} characters")
-    return value
-
-
-def _k(value: Any, default: int = 10) -> int:
-    if value is None:
-        return default
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_K:
-        raise RequestError("invalid_k", f"k must be an integer from 1 to {MAX_K}, got {value!r}")
-    return value
-
-
-def _ids(value: Any, name: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        value = [v for v in value.split(",") if v]
-    if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
-        raise RequestError(f"invalid_{name}", f"{name} must be a list of item ids")
-    if len(value) > MAX_LIST:
-        raise RequestError(f"invalid_{name}", f"{name} holds more than {MAX_LIST} ids")
-    return [str(v) for v in value]
-
-
-def _flag(value: Any, name: str, default: bool) -> bool:
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-        return value.lower() in ("true", "1", "yes")
-    raise RequestError(f"invalid_{name}", f"{name} must be true or false")
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise RequestError("body_too_large", f"body exceeds {MAX_BODY_BYTES} bytes", 413)
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise RequestError("body_too_large", f"body exceeds {MAX_BODY_BYTES} bytes", 413) from exc
-    try:
-        body = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestError("malformed_json", f"body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise RequestError("malformed_json", "body must be a JSON object")
-    return body
-
-
-def _price(value: Any, name: str) -> float | None:
-    if value is None or value == "":
+# From the request types to the scorer's -------------------------------------------------
+def _filters(given: CatalogFilters | None) -> Filters | None:
+    if given is None:
         return None
-    try:
-        price = float(value)
-    except (TypeError, ValueError) as exc:
-        raise RequestError(f"invalid_{name}", f"{name} must be a number") from exc
-    if not price >= 0:
-        raise RequestError(f"invalid_{name}", f"{name} must be >= 0")
-    return price
-
-
-def _filters(options: Mapping[str, Any]) -> Filters | None:
-    """Catalogue filters from a JSON `filters` object or from query parameters."""
-    raw = options.get("filters", options)
-    if not isinstance(raw, Mapping):
-        raise RequestError("invalid_filters", "filters must be an object")
-    categories = raw.get("categories", raw.get("category"))
     filters = Filters(
-        categories=tuple(_ids(categories, "categories")),
-        min_price=_price(raw.get("min_price"), "min_price"),
-        max_price=_price(raw.get("max_price"), "max_price"),
-        in_stock_only=_flag(raw.get("in_stock_only"), "in_stock_only", False),
+        categories=tuple(given.categories),
+        min_price=given.min_price,
+        max_price=given.max_price,
+        in_stock_only=given.in_stock_only,
     )
     return None if filters.empty else filters
 
 
-def _items(model: ServingModel, item_ids: list[str], scores: list[float]) -> list[dict[str, Any]]:
-    """Response items; with a catalogue, each also carries its title."""
-    items: list[dict[str, Any]] = [
-        {"item_id": i, "score": round(s, 6)} for i, s in zip(item_ids, scores, strict=True)
+def _from_query(query: RecommendationQuery) -> RecommendationRequest:
+    filters = CatalogFilters(
+        categories=query.categories,
+        min_price=query.min_price,
+        max_price=query.max_price,
+        in_stock_only=query.in_stock_only,
+    )
+    return RecommendationRequest(
+        user_id=query.user_id,
+        k=query.k,
+        exclude_items=query.exclude_items,
+        allow_items=query.allow_items,
+        exclude_seen=query.exclude_seen,
+        recent_items=query.recent_items,
+        filters=filters,
+    )
+
+
+def _batch_requests(body: BatchRequest) -> list[RecommendationRequest]:
+    """One request per shopper: the batch's options, overridden by an entry's own."""
+    if (body.user_ids is UNSET) == (body.requests is UNSET):
+        raise RequestError("invalid_batch", "send either `user_ids: [...]` or `requests: [...]`")
+    shared = RecommendationRequest(
+        user_id="",
+        k=body.k,
+        exclude_items=body.exclude_items,
+        allow_items=body.allow_items,
+        exclude_seen=body.exclude_seen,
+        recent_items=body.recent_items,
+        filters=body.filters,
+    )
+    if body.user_ids is not UNSET:
+        return [msgspec.structs.replace(shared, user_id=u) for u in body.user_ids]
+    assert body.requests is not UNSET
+    return [
+        msgspec.structs.replace(
+            shared,
+            **{
+                name: value
+                for name, value in msgspec.structs.asdict(entry).items()
+                if value is not UNSET
+            },
+        )
+        for entry in body.requests
     ]
+
+
+def _items(model: ServingModel, item_ids: list[str], scores: list[float]) -> list[ScoredItem]:
+    """Response items; with a catalogue, each also carries its title."""
+    items = [ScoredItem(i, round(s, 6)) for i, s in zip(item_ids, scores, strict=True)]
     if model.catalog is not None and items:
         for item, index in zip(items, model.items.lookup(item_ids), strict=True):
             title = str(model.catalog.titles[index])
             if title:
-                item["title"] = title
+                item.title = title
     return items
 
 
 # Handlers --------------------------------------------------------------------------------
-def _recommend_one(
-    request: web.Request, snapshot: Snapshot, options: Mapping[str, Any]
-) -> dict[str, Any]:
-    user_id = _user_id(options.get("user_id"))
-    k = _k(options.get("k"))
-    exclude = _ids(options.get("exclude_items", options.get("exclude")), "exclude_items")
-    allow_raw = options.get("allow_items", options.get("allow"))
-    allow = None if allow_raw is None else _ids(allow_raw, "allow_items")
-    exclude_seen = _flag(options.get("exclude_seen"), "exclude_seen", True)
-    recent = _ids(options.get("recent_items"), "recent_items")
-    filters = _filters(options)
-    model, cohort = snapshot.route(user_id)
-    if model is None:
-        raise RequestError("no_model", "no model is loaded yet", 503)
+def _score(model: ServingModel, options: RecommendationRequest) -> Ranked:
     try:
-        ranked = model.recommend(
-            user_id, k, exclude=exclude, allow=allow, exclude_seen=exclude_seen,
-            recent_items=recent, filters=filters,
+        return model.recommend(
+            options.user_id, options.k, exclude=options.exclude_items,
+            allow=options.allow_items, exclude_seen=options.exclude_seen,
+            recent_items=options.recent_items, filters=_filters(options.filters),
         )  # fmt: skip
     except ArtifactError as exc:
         raise RequestError("no_catalog", str(exc)) from exc
+
+
+def _recommend_one(
+    request: web.Request, snapshot: Snapshot, options: RecommendationRequest
+) -> RecommendationResponse:
+    model, cohort = snapshot.route(options.user_id)
+    if model is None:
+        raise RequestError("no_model", "no model is loaded yet", 503)
+    ranked = _score(model, options)
     app = request.app
     metrics = app[METRICS]
-    recommendation_id = uuid.uuid4().hex
-    app[SERVED].add(recommendation_id, Served(model.version, cohort, user_id))
     metrics.recommendations.labels(model.version, cohort).inc()
     if not ranked.item_ids:
         metrics.empty.labels(model.version, cohort).inc()
     if ranked.strategy != "personalized":
         metrics.cold_starts.labels(model.version, cohort, ranked.strategy).inc()
     request["labels"] = (model.version, cohort)
-    body: dict[str, Any] = {
-        "recommendation_id": recommendation_id,
-        "user_id": user_id,
-        "model_version": model.version,
-        "cohort": cohort,
-        "cold_start": ranked.strategy != "personalized",
-        "strategy": ranked.strategy,
-        "items": _items(model, ranked.item_ids, ranked.scores),
-    }
-    if ranked.unknown_items:
-        body["unknown_items"] = ranked.unknown_items[:100]
-    return body
+    return RecommendationResponse(
+        recommendation_id=app[ATTRIBUTOR].issue(model.version, cohort),
+        user_id=options.user_id,
+        model_version=model.version,
+        cohort=cohort,
+        cold_start=ranked.strategy != "personalized",
+        strategy=ranked.strategy,
+        items=_items(model, ranked.item_ids, ranked.scores),
+        unknown_items=ranked.unknown_items[:100] if ranked.unknown_items else UNSET,
+    )
 
 
 async def recommendations_get(request: web.Request) -> web.Response:
+    options = _from_query(decode_query(request.query, RecommendationQuery))
     snapshot = request.app[REGISTRY].snapshot
-    return web.json_response(_recommend_one(request, snapshot, request.query))
+    return _respond(_recommend_one(request, snapshot, options))
 
 
 async def recommendations_post(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    options = await decode_body(request, RecommendationRequest)
     snapshot = request.app[REGISTRY].snapshot
-    return web.json_response(_recommend_one(request, snapshot, body))
+    return _respond(_recommend_one(request, snapshot, options))
 
 
 async def recommendations_batch(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    shared = {k: v for k, v in body.items() if k not in ("requests", "user_ids")}
-    if "requests" in body:
-        items = body["requests"]
-        if not isinstance(items, list) or not all(isinstance(r, dict) for r in items):
-            raise RequestError("invalid_batch", "requests must be a list of objects")
-        requests = [{**shared, **r} for r in items]
-    elif "user_ids" in body:
-        users = body["user_ids"]
-        if not isinstance(users, list):
-            raise RequestError("invalid_batch", "user_ids must be a list")
-        requests = [{**shared, "user_id": u} for u in users]
-    else:
-        raise RequestError("invalid_batch", "send requests: [...] or user_ids: [...]")
-    if not 1 <= len(requests) <= MAX_BATCH:
-        raise RequestError("invalid_batch", f"a batch holds 1 to {MAX_BATCH} users")
+    requests = _batch_requests(await decode_body(request, BatchRequest))
     snapshot = request.app[REGISTRY].snapshot
     results = []
     for index, options in enumerate(requests):
@@ -238,33 +212,37 @@ async def recommendations_batch(request: web.Request) -> web.Response:
                 raise
             raise RequestError(exc.code, f"requests[{index}]: {exc.message}") from exc
     request["labels"] = ("mixed", "mixed")
-    return web.json_response({"results": results})
+    return _respond(BatchResponse(results))
 
 
 async def similar_items(request: web.Request) -> web.Response:
-    item_id = request.match_info["item_id"]
-    k = _k(request.query.get("k"))
+    item_id = decode_query(request.match_info, ItemPath, "path").item_id
+    query = decode_query(request.query, SimilarQuery)
     snapshot = request.app[REGISTRY].snapshot
-    user = request.query.get("user_id")
-    model, cohort = snapshot.route(_user_id(user)) if user else (snapshot.stable, "stable")
+    cohort: Cohort = "stable"
+    if query.user_id is None:
+        model = snapshot.stable
+    else:
+        model, cohort = snapshot.route(query.user_id)
     if model is None:
         raise RequestError("no_model", "no model is loaded yet", 503)
     request["labels"] = (model.version, cohort)
-    ranked = model.similar(item_id, k)
+    ranked = model.similar(item_id, query.k)
     if ranked is None:
         raise RequestError("unknown_item", f"item {item_id!r} is not in model {model.version}", 404)
-    return web.json_response(
-        {
-            "item_id": item_id,
-            "model_version": model.version,
-            "cohort": cohort,
-            "items": _items(model, ranked.item_ids, ranked.scores),
-        }
+    return _respond(
+        SimilarResponse(
+            item_id=item_id,
+            model_version=model.version,
+            cohort=cohort,
+            items=_items(model, ranked.item_ids, ranked.scores),
+        )
     )
 
 
 async def user_profile(request: web.Request) -> web.Response:
-    user_id = _user_id(request.match_info["user_id"])
+    user_id = decode_query(request.match_info, UserPath, "path").user_id
+    decode_query(request.query, EmptyQuery)
     model, cohort = request.app[REGISTRY].snapshot.route(user_id)
     if model is None:
         raise RequestError("no_model", "no model is loaded yet", 503)
@@ -272,60 +250,57 @@ async def user_profile(request: web.Request) -> web.Response:
     found = profile(model, user_id)
     if found is None:
         raise RequestError("unknown_user", f"model {model.version} knows nothing of this user", 404)
-    return web.json_response({**found, "cohort": cohort})
+    return _respond(msgspec.convert({**found, "cohort": cohort}, ProfileResponse))
 
 
 async def guide_query(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    query = body.get("query")
-    if not isinstance(query, str):
-        raise RequestError("invalid_query", "query is required and must be a string")
-    user = body.get("user_id")
-    user_id = None if user is None else _user_id(user)
-    k = _k(body.get("k"))
+    body = await decode_body(request, GuideRequest)
     snapshot = request.app[REGISTRY].snapshot
-    model, cohort = snapshot.route(user_id) if user_id else (snapshot.stable, "stable")
+    cohort: Cohort = "stable"
+    if body.user_id is None:
+        model = snapshot.stable
+    else:
+        model, cohort = snapshot.route(body.user_id)
     if model is None:
         raise RequestError("no_model", "no model is loaded yet", 503)
     request["labels"] = (model.version, cohort)
     try:
-        answer = guide(model, query, user_id, k, _filters(body) or Filters())
+        answer = guide(model, body.query, body.user_id, body.k, _filters(body.filters) or Filters())
     except QueryError as exc:
         raise RequestError("invalid_query", str(exc)) from exc
-    return web.json_response({**answer, "cohort": cohort})
+    return _respond(msgspec.convert({**answer, "cohort": cohort}, GuideResponse))
 
 
 async def feedback(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    recommendation_id = body.get("recommendation_id")
-    if not isinstance(recommendation_id, str) or not recommendation_id:
-        raise RequestError("invalid_recommendation_id", "recommendation_id is required")
-    user_id = _user_id(body.get("user_id"))
-    item = body.get("item_id")
-    if not isinstance(item, str | int) or isinstance(item, bool) or not str(item):
-        raise RequestError("invalid_item_id", "item_id is required")
-    event = body.get("event")
-    if event not in FEEDBACK_EVENTS:
-        raise RequestError("invalid_event", f"event must be one of {', '.join(FEEDBACK_EVENTS)}")
-    served = request.app[SERVED].get(recommendation_id)
-    version, cohort = (served.model_version, served.cohort) if served else ("unknown", "unknown")
-    request.app[METRICS].feedback.labels(version, cohort, event).inc()
+    body = await decode_body(request, FeedbackRequest)
+    # The id itself says which version and cohort served the list, whichever pod served it.
+    attribution = request.app[ATTRIBUTOR].verify(body.recommendation_id)
+    version, cohort = attribution.model_version, attribution.cohort
+    request.app[METRICS].feedback.labels(version, cohort, body.event).inc()
     request["labels"] = (version, cohort)
-    return web.json_response(
-        {"accepted": True, "model_version": version, "cohort": cohort, "user_id": user_id},
-        status=202,
+    answer = FeedbackResponse(
+        accepted=True,
+        model_version=version,
+        cohort=cohort,  # type: ignore[arg-type]
+        attribution=attribution.outcome,
+        user_id=body.user_id,
     )
+    return _respond(answer, status=202)
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return _respond(Health("ok"))
 
 
 async def readyz(request: web.Request) -> web.Response:
     ready, detail = request.app[REGISTRY].readiness()
     if request.app[STATE].get("draining"):
         ready, detail["draining"] = False, True
-    return web.json_response(detail, status=200 if ready else 503)
+    return _respond(msgspec.convert(detail, Readiness), status=200 if ready else 503)
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.Response(body=openapi.document_bytes(), content_type="application/json")
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -407,17 +382,18 @@ def build_app(
     registry: Registry,
     *,
     metrics: ServerMetrics | None = None,
-    served_capacity: int = 200_000,
+    attributor: Attributor | None = None,
     reload_interval: float = 2.0,
     metrics_address: tuple[str, int] | None = None,
 ) -> web.Application:
     """The server. With `metrics_address` (host, port), /metrics answers there only, on a
     port of its own that a NetworkPolicy can open to scrapers and close to shoppers; without
-    it, on the serving port."""
+    it, on the serving port. Without an `attributor`, ids are signed with a key of this
+    process only."""
     app = web.Application(middlewares=[errors_and_metrics], client_max_size=MAX_BODY_BYTES)
     app[REGISTRY] = registry
     app[METRICS] = metrics or ServerMetrics()
-    app[SERVED] = ServedLog(served_capacity)
+    app[ATTRIBUTOR] = attributor or Attributor.ephemeral()
     app[STATE] = {}
     server_metrics = app[METRICS]
     registry.subscribe(lambda snapshot: _publish(server_metrics, snapshot))
@@ -430,6 +406,7 @@ def build_app(
     app.router.add_post("/v1/guide", guide_query)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", openapi_document)
     if metrics_address is None:
         app.router.add_get("/metrics", metrics_endpoint)
     else:
