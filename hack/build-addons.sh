@@ -83,70 +83,67 @@ module_info() {
     echo "$time"
 }
 
-declare -a TIMINGS=()
+# shellcheck source=hack/lib/progress.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/progress.sh"
 
-# go_install NAME PACKAGE@VERSION LDFLAGS [BUILD FLAGS...]: installs into a temporary GOBIN,
-# logging to $LOG_DIR/NAME.log, with a progress line every minute; moves the binary into
-# $BIN_DIR when it is done. On failure shows the end of the log.
+# go_install NAME PACKAGE@VERSION LDFLAGS [BUILD FLAGS...]: installs into a temporary GOBIN and
+# moves the binary into $BIN_DIR. Runs as a progress_step, its output in the step's log.
 go_install() {
-    local name=$1 pkg=$2 ldflags=$3; shift 3
-    local logfile="$LOG_DIR/$name.log" tmp pid rc start=$SECONDS
+    local name=$1 pkg=$2 ldflags=$3 tmp
+    shift 3
     tmp=$(mktemp -d "$WORK_DIR/gobin.XXXXXX")
-    log "building $name ($pkg), log $logfile"
-    {
-        printf '===== %s go install %s\n' "$(date -u +%FT%TZ)" "$pkg"
-        printf 'ldflags: %s\n' "$ldflags"
-    } >"$logfile"
-    (cd "$WORK_DIR" && GOBIN="$tmp" go install -v -trimpath "$@" -ldflags "$ldflags" "$pkg") \
-        >>"$logfile" 2>&1 &
-    pid=$!
-    while kill -0 "$pid" 2>/dev/null; do
-        for _ in $(seq 60); do
-            kill -0 "$pid" 2>/dev/null || break 2
-            sleep 1
-        done
-        log "  $name: still building, $((SECONDS - start))s elapsed ($(wc -l <"$logfile") log lines)"
-    done
-    rc=0
-    wait "$pid" || rc=$?
-    if ((rc != 0)); then
-        rm -rf "$tmp"
-        log "$name failed after $((SECONDS - start))s (exit $rc); last lines of $logfile:"
-        tail -n 30 "$logfile" >&2
-        exit 1
-    fi
+    printf '===== %s go install %s\nldflags: %s\n' "$(date -u +%FT%TZ)" "$pkg" "$ldflags"
+    (cd "$WORK_DIR" && GOBIN="$tmp" go install -v -trimpath "$@" -ldflags "$ldflags" "$pkg") ||
+        { rm -rf "$tmp"; return 1; }
     mv "$tmp/$name" "$BIN_DIR/$name"
     rmdir "$tmp"
-    local took=$((SECONDS - start))
-    TIMINGS+=("$name ${took}s")
-    echo "$(date -u +%FT%TZ) $name ${took}s" >>"$TIMES_FILE"
-    log "built $name in ${took}s: $BIN_DIR/$name ($(du -h "$BIN_DIR/$name" | cut -f1))"
 }
 
 # --- CoreDNS ------------------------------------------------------------------------------
 # The default plugin set; `grpcnotrace` as upstream's Makefile builds it. The version string
 # is a constant of the module; the commit is stamped as the Makefile does.
-if has_module_version "$BIN_DIR/coredns" "$COREDNS_MODULE" "$COREDNS_VERSION"; then
-    log "coredns $COREDNS_VERSION already built"
-else
+build_coredns() {
     module_info "$COREDNS_MODULE" "$COREDNS_VERSION" "$COREDNS_COMMIT" >/dev/null
     go_install coredns "$COREDNS_MODULE@$COREDNS_VERSION" \
         "-s -w -X $COREDNS_MODULE/coremain.GitCommit=${COREDNS_COMMIT:0:8}" -tags grpcnotrace
-fi
-"$BIN_DIR/coredns" -version | grep "CoreDNS-${COREDNS_VERSION#v}" >/dev/null ||
-    { log "$BIN_DIR/coredns does not report version $COREDNS_VERSION"; exit 1; }
+}
 
 # --- metrics-server -----------------------------------------------------------------------
 # Upstream's Makefile stamps client-go's version variables (what --version prints and the
 # User-Agent carries).
+build_metrics_server() {
+    local date pkg=k8s.io/client-go/pkg/version
+    date=$(module_info "$METRICS_SERVER_MODULE" "$METRICS_SERVER_VERSION" "$METRICS_SERVER_COMMIT")
+    go_install metrics-server "$METRICS_SERVER_MODULE/cmd/metrics-server@$METRICS_SERVER_VERSION" \
+        "-s -w -X $pkg.gitVersion=$METRICS_SERVER_VERSION -X $pkg.gitCommit=$METRICS_SERVER_COMMIT -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
+}
+
+# --- the plan: what is missing, built in this order ---------------------------------------
+declare -a MISSING=() TIMINGS=()
+if has_module_version "$BIN_DIR/coredns" "$COREDNS_MODULE" "$COREDNS_VERSION"; then
+    log "coredns $COREDNS_VERSION already built"
+else
+    MISSING+=(coredns)
+fi
 if has_module_version "$BIN_DIR/metrics-server" "$METRICS_SERVER_MODULE" "$METRICS_SERVER_VERSION"; then
     log "metrics-server $METRICS_SERVER_VERSION already built"
 else
-    ms_date=$(module_info "$METRICS_SERVER_MODULE" "$METRICS_SERVER_VERSION" "$METRICS_SERVER_COMMIT")
-    ms_pkg=k8s.io/client-go/pkg/version
-    go_install metrics-server "$METRICS_SERVER_MODULE/cmd/metrics-server@$METRICS_SERVER_VERSION" \
-        "-s -w -X $ms_pkg.gitVersion=$METRICS_SERVER_VERSION -X $ms_pkg.gitCommit=$METRICS_SERVER_COMMIT -X $ms_pkg.gitTreeState=clean -X $ms_pkg.buildDate=$ms_date"
+    MISSING+=(metrics-server)
 fi
+step=0
+for name in "${MISSING[@]}"; do
+    step=$((step + 1))
+    version=$COREDNS_VERSION
+    [[ $name == coredns ]] || version=$METRICS_SERVER_VERSION
+    progress_step "[build-addons]" "$step" "${#MISSING[@]}" "$name $version" "$LOG_DIR/$name.log" \
+        "make cluster-binaries" "build_${name//-/_}"
+    TIMINGS+=("$name ${STEP_SECONDS}s")
+    echo "$(date -u +%FT%TZ) $name ${STEP_SECONDS}s" >>"$TIMES_FILE"
+    log "built $name: $BIN_DIR/$name ($(du -h "$BIN_DIR/$name" | cut -f1))"
+done
+
+"$BIN_DIR/coredns" -version | grep "CoreDNS-${COREDNS_VERSION#v}" >/dev/null ||
+    { log "$BIN_DIR/coredns does not report version $COREDNS_VERSION"; exit 1; }
 [[ "$("$BIN_DIR/metrics-server" --version 2>/dev/null)" == "$METRICS_SERVER_VERSION" ]] ||
     { log "$BIN_DIR/metrics-server does not report version $METRICS_SERVER_VERSION"; exit 1; }
 

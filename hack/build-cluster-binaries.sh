@@ -49,37 +49,8 @@ has_module_version() {
         awk -v m="$mod" -v v="$ver" '($1 == "mod" || $1 == "dep") && $2 == m && $3 == v {f=1} END {exit !f}'
 }
 
-# Records "<name> <seconds>" for the summary and the times file.
-declare -a TIMINGS=()
-# Runs one build with its output in a log of its own, a line of progress every 30 s (plain
-# lines: they read the same in a terminal and in a CI log), and on failure the end of that log
-# and the command to retry.
-timed() {
-    local name=$1; shift
-    local start end pid next=30 build_log="$LOG_DIR/$name.log"
-    mkdir -p "$LOG_DIR"
-    log "  $name: log $build_log"
-    start=$(date +%s)
-    ("$@") >"$build_log" 2>&1 &
-    pid=$!
-    while kill -0 "$pid" 2>/dev/null; do
-        sleep 1
-        if (($(date +%s) - start >= next)); then
-            log "  $name: $((next))s ..."
-            next=$((next + 30))
-        fi
-    done
-    if ! wait "$pid"; then
-        tail -n 25 "$build_log" >&2
-        log "building $name failed after $(($(date +%s) - start))s; full log: $build_log"
-        log "retry with: make cluster-binaries"
-        exit 1
-    fi
-    end=$(date +%s)
-    log "  $name: built in $((end - start))s"
-    TIMINGS+=("$name $((end - start))s")
-    echo "$(date -u +%FT%TZ) $name $((end - start))s" >>"$TIMES_FILE"
-}
+# shellcheck source=hack/lib/progress.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/progress.sh"
 
 # --- Kubernetes -------------------------------------------------------------------------
 k8s_minor=${K8S_VERSION#v1.}
@@ -144,16 +115,6 @@ build_k8s() {
     mv "$BIN_DIR/.$name.tmp" "$BIN_DIR/$name"
 }
 
-for name in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
-    if k8s_binary_ok "$name"; then
-        log "$name $K8S_VERSION already built"
-        continue
-    fi
-    prepare_k8s_module
-    log "building $name $K8S_VERSION"
-    timed "$name" build_k8s "$name"
-done
-
 # --- pause (the sandbox container's process) -------------------------------------------
 # No registry is needed: the source is in the module, and the image is packed from the binary
 # by hack/node.sh. Static, so the image holds nothing else.
@@ -167,14 +128,6 @@ build_pause() {
     mv "$BIN_DIR/.pause.tmp" "$BIN_DIR/pause"
     echo "$K8S_VERSION" >"$BIN_DIR/pause.version"
 }
-
-if [[ -x "$BIN_DIR/pause" && "$(cat "$BIN_DIR/pause.version" 2>/dev/null)" == "$K8S_VERSION" ]]; then
-    log "pause $K8S_VERSION already built"
-else
-    prepare_k8s_module
-    log "building pause $K8S_VERSION"
-    timed pause build_pause
-fi
 
 # --- etcd -------------------------------------------------------------------------------
 # go.etcd.io/etcd/server/v3 has replace directives of its own, so `go install pkg@version`
@@ -191,13 +144,6 @@ build_etcd() {
     mv "$BIN_DIR/.etcd.tmp" "$BIN_DIR/etcd"
 }
 
-if has_module_version "$BIN_DIR/etcd" go.etcd.io/etcd/server/v3 "$ETCD_VERSION"; then
-    log "etcd $ETCD_VERSION already built"
-else
-    log "building etcd $ETCD_VERSION"
-    timed etcd build_etcd
-fi
-
 # --- kwok and helm (plain go install) ----------------------------------------------------
 go_install() {
     local name=$1 pkg=$2 ldflags=$3 tmp
@@ -207,31 +153,74 @@ go_install() {
     rmdir "$tmp"
 }
 
-if has_module_version "$BIN_DIR/kwok" sigs.k8s.io/kwok "$KWOK_VERSION"; then
-    log "kwok $KWOK_VERSION already built"
-else
-    log "building kwok $KWOK_VERSION"
-    timed kwok go_install kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "-s -w"
-fi
+build_prometheus() {
+    local version=${PROMETHEUS_VERSION#v0.}
+    version="${version:0:1}.${version:1:2}.${version#*.}"
+    go_install prometheus "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" \
+        "-s -w -X github.com/prometheus/common/version.Version=$version -X github.com/prometheus/common/version.Branch=release"
+}
 
-if has_module_version "$BIN_DIR/helm" helm.sh/helm/v3 "$HELM_VERSION"; then
-    log "helm $HELM_VERSION already built"
-else
-    log "building helm $HELM_VERSION"
-    timed helm go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
-        "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
-fi
+# --- the plan: what is missing, built in this order ---------------------------------------
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy
+    pause etcd kwok helm prometheus)
 
-if has_module_version "$BIN_DIR/prometheus" github.com/prometheus/prometheus "$PROMETHEUS_VERSION"; then
-    log "prometheus $PROMETHEUS_VERSION already built"
-else
-    log "building prometheus $PROMETHEUS_VERSION"
-    prom_version=${PROMETHEUS_VERSION#v0.}
-    prom_version="${prom_version:0:1}.${prom_version:1:2}.${prom_version#*.}"
-    timed prometheus go_install prometheus \
-        "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" \
-        "-s -w -X github.com/prometheus/common/version.Version=$prom_version -X github.com/prometheus/common/version.Branch=release"
-fi
+version_of() {
+    case $1 in
+        kube-* | kubectl | kubelet | pause) echo "$K8S_VERSION" ;;
+        etcd) echo "$ETCD_VERSION" ;;
+        kwok) echo "$KWOK_VERSION" ;;
+        helm) echo "$HELM_VERSION" ;;
+        prometheus) echo "$PROMETHEUS_VERSION" ;;
+    esac
+}
+
+is_built() {
+    case $1 in
+        kube-* | kubectl | kubelet) k8s_binary_ok "$1" ;;
+        pause) [[ -x "$BIN_DIR/pause" && "$(cat "$BIN_DIR/pause.version" 2>/dev/null)" == "$K8S_VERSION" ]] ;;
+        etcd) has_module_version "$BIN_DIR/etcd" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" ;;
+        kwok) has_module_version "$BIN_DIR/kwok" sigs.k8s.io/kwok "$KWOK_VERSION" ;;
+        helm) has_module_version "$BIN_DIR/helm" helm.sh/helm/v3 "$HELM_VERSION" ;;
+        prometheus) has_module_version "$BIN_DIR/prometheus" github.com/prometheus/prometheus "$PROMETHEUS_VERSION" ;;
+    esac
+}
+
+# Runs under set -e (progress_step): one command a line, no `&&` chains that would mute it.
+build_one() {
+    case $1 in
+        kube-* | kubectl | kubelet)
+            prepare_k8s_module
+            build_k8s "$1"
+            ;;
+        pause)
+            prepare_k8s_module
+            build_pause
+            ;;
+        etcd) build_etcd ;;
+        kwok) go_install kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "-s -w" ;;
+        helm) go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
+            "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" ;;
+        prometheus) build_prometheus ;;
+    esac
+}
+
+declare -a MISSING=() TIMINGS=()
+for name in "${BINARIES[@]}"; do
+    if is_built "$name"; then
+        log "$name $(version_of "$name") already built"
+    else
+        MISSING+=("$name")
+    fi
+done
+((${#MISSING[@]} == 0)) || log "${#MISSING[@]} of ${#BINARIES[@]} binaries to build: ${MISSING[*]}"
+step=0
+for name in "${MISSING[@]}"; do
+    step=$((step + 1))
+    progress_step "[build-cluster-binaries]" "$step" "${#MISSING[@]}" "$name $(version_of "$name")" \
+        "$LOG_DIR/$name.log" "make cluster-binaries" build_one "$name"
+    TIMINGS+=("$name ${STEP_SECONDS}s")
+    echo "$(date -u +%FT%TZ) $name ${STEP_SECONDS}s" >>"$TIMES_FILE"
+done
 
 if ((${#TIMINGS[@]} > 0)); then
     log "build times: ${TIMINGS[*]}"

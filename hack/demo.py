@@ -11,7 +11,8 @@
    and is promoted on the shoppers' clicks (--skip-canary); a model trained on a broken export
    (products shuffled) is rolled back while the stable model keeps serving (--skip-rollback);
    a rush of shoppers makes the HPA add serving pods, and remove them after (--skip-autoscale);
-5. prints `kubectl get sg`, the plugin's history, recommendations and a guided query.
+5. prints `kubectl get sg`, the plugin's status and history, recommendations and a guided
+   query.
 
 Skip parts for a quicker run: `make demo DEMO_ARGS="--skip-canary --skip-autoscale"`.
 `make demo-down` removes the guide, the operator and Prometheus, and stops the local cluster.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -92,15 +94,33 @@ class Progress:
             print(f"\r{'':100}\r", end="")
 
 
+# The commands the demo ends with, written as README.md shows them: tests/unit/test_readme.py
+# accepts a kubectl line of the README when it is one of these.
+SHOWN = [
+    f"kubectl get sg -n {NAMESPACE} -o wide",
+    f"kubectl shoppingguide status {GUIDE} -n {NAMESPACE}",
+    f"kubectl shoppingguide history {GUIDE} -n {NAMESPACE}",
+]
+
+
+def shown_argv(line: str, c: Cluster) -> list[str]:
+    """A SHOWN line as this cluster runs it: its kubectl binary and kubeconfig."""
+    words = shlex.split(line)
+    if words[0] != "kubectl":
+        raise ValueError(f"not a kubectl command: {line}")
+    return [str(c.bin_dir / "kubectl"), *words[1:], "--kubeconfig", str(c.kubeconfig)]
+
+
 def show(p: Product) -> None:
     print()
-    print(p.cluster.kubectl("get", "sg", "-n", NAMESPACE, "-o", "wide"))
-    plugin = Path(sys.executable).with_name("kubectl-shoppingguide")
-    history = subprocess.run(
-        [str(plugin), "history", GUIDE, "-n", NAMESPACE, "--kubeconfig", str(p.cluster.kubeconfig)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    print(f"kubectl shoppingguide history {GUIDE} -n {NAMESPACE}\n{history.stdout}")
+    # kubectl finds the plugin, kubectl-shoppingguide, on PATH beside this Python.
+    path = f"{Path(sys.executable).parent}:{p.cluster.env.get('PATH', os.environ['PATH'])}"
+    for line in SHOWN:
+        done = subprocess.run(
+            shown_argv(line, p.cluster), capture_output=True, text=True, check=False,
+            env={**p.cluster.env, "PATH": path}, timeout=60,
+        )  # fmt: skip
+        print(f"$ {line}\n{done.stdout}{done.stderr}")
     stable = p.status(GUIDE).get("stable", {})
     print(f"stable model {stable.get('version')}:")
     for name, value in sorted((stable.get("metrics") or {}).items()):

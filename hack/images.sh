@@ -120,33 +120,28 @@ base_tag() {
 
 image_exists() { podman image exists "$1"; }
 
-# The build step a log has reached, or else its last line.
+# The build step a log has reached, or else its last line: the detail of a progress line.
 progress() {
     local step
     step="$(grep -E '^(\[[0-9]+/[0-9]+\] )?STEP ' "$1" | tail -n 1)" || step="$(tail -n 1 "$1")"
     printf '%s\n' "${step:0:100}"
 }
 
-# Runs "$@" with its output in LOG, saying every 30 s how long it has run and at which build
-# step it is; on failure, prints the log's tail and exits.
+# shellcheck source=hack/lib/progress.sh
+source "$REPO/hack/lib/progress.sh"
+PROGRESS_DETAIL=progress
+# Steps of this run: STEP counts them, STEPS is how many build() planned (0: count as we go).
+STEP=0
+STEPS=0
+RETRY="hack/images.sh"
+
+# Runs "$@" with its output in LOG as step [STEP/STEPS], saying every 30 s how long it has run
+# and at which build step it is; on failure, prints the log's tail and the command to retry, and exits.
 logged() {
     local what="$1" log="$2"
     shift 2
-    local start=$SECONDS pid
-    say "$what (log: $log)"
-    "$@" >"$log" 2>&1 &
-    pid=$!
-    while kill -0 "$pid" 2>/dev/null; do
-        sleep 1
-        if (((SECONDS - start) % 30 == 0)); then
-            say "    $((SECONDS - start)) s: $(progress "$log")"
-        fi
-    done
-    if ! wait "$pid"; then
-        tail -n 40 "$log" | sed 's/^/    | /' >&2
-        die "$what failed after $((SECONDS - start)) s; the whole log: $log"
-    fi
-    say "$what: done in $((SECONDS - start)) s"
+    STEP=$((STEP + 1))
+    progress_step "==>" "$STEP" "$((STEPS > STEP ? STEPS : STEP))" "$what" "$log" "$RETRY" "$@"
 }
 
 build_base() {
@@ -234,9 +229,13 @@ build() {
         case " ${IMAGES[*]} " in *" $name "*) ;; *) die "no image $name (${IMAGES[*]})" ;; esac
     done
     mkdir -p "$CACHE/images/logs"
-    local start=$SECONDS
+    local start=$SECONDS base_steps=0
     base="${SHOPPING_GUIDE_BASE_IMAGE:-}"
+    # The local base, when it is to be made, is two steps (mmdebstrap, import).
+    if [ -z "$base" ] && ! image_exists "$(base_tag)"; then base_steps=2; fi
+    STEPS=$((base_steps + ${#names[@]}))
     [ -n "$base" ] || base="$(build_base)"
+    STEP=$base_steps
     for name in "${names[@]}"; do build_image "$name" "$base"; done
     say "images built in $((SECONDS - start)) s"
 }
@@ -262,6 +261,7 @@ save() {
 
 main() {
     cd "$REPO"
+    RETRY="hack/images.sh${*:+ $*}"
     local command="${1:-build}"
     [ $# -eq 0 ] || shift
     case "$command" in

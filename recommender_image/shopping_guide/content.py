@@ -2,12 +2,14 @@
 
 Tokenizing and weighting are Arrow and scipy operations (no per-item Python loop). Item x item
 similarity keeps the top neighbours of each item, computed in blocks so memory stays bounded
-whatever the catalogue size. The same index answers text queries for the guide endpoint.
+whatever the catalogue size. The same index, with its weighted word counts, answers the guided
+query through BM25 (text_search.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,7 @@ import scipy.sparse as sp
 
 from .catalog import STOPWORDS, Catalog
 from .model import get_sparse, put_sparse
+from .text_search import Bm25Index, TextMatch
 
 _BLOCK_CELLS = 1 << 22
 CATEGORY_WEIGHT = 2.0
@@ -45,25 +48,30 @@ def tokenize(texts: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, npt.NDArray[n
 class TextIndex:
     vocabulary: npt.NDArray[np.str_]
     idf: npt.NDArray[np.float32]
-    matrix: sp.csr_matrix  # item x term, TF-IDF, rows of unit length
+    matrix: sp.csr_matrix  # item x term, TF-IDF, rows of unit length (content similarity)
+    # item x term, the weighted counts (BM25's term frequencies); None in artifacts of earlier
+    # releases, where the words each item has are read off `matrix`, each counted once.
+    counts: sp.csr_matrix | None = None
 
-    def query(self, text: str) -> tuple[sp.csr_matrix, list[str]]:
-        """The query's TF-IDF row over this vocabulary, and the words it matched."""
+    @cached_property
+    def search(self) -> Bm25Index:
+        if self.counts is not None:
+            return Bm25Index(self.vocabulary, self.counts)
+        present = self.matrix.copy()
+        present.data[:] = 1.0
+        return Bm25Index(self.vocabulary, present)
+
+    def match(self, text: str) -> TextMatch:
+        """The items that contain the text's words, with coverage and BM25 relevance."""
         tokens, _ = tokenize(pa.array([text]))
-        words = [str(w) for w in tokens.to_pylist()]
-        position = np.searchsorted(self.vocabulary, words) if words else np.empty(0, np.int64)
-        position = np.minimum(position, max(len(self.vocabulary) - 1, 0))
-        matched = [
-            (int(p), w)
-            for p, w in zip(position, words, strict=True)
-            if len(self.vocabulary) and self.vocabulary[p] == w
-        ]
-        row = np.zeros(len(self.vocabulary), dtype=np.float32)
-        for p, _ in matched:
-            row[p] += self.idf[p]
-        norm = float(np.linalg.norm(row))
-        vector = sp.csr_matrix(row / norm if norm else row)
-        return vector, sorted({w for _, w in matched})
+        return self.search.match([str(w) for w in tokens.to_pylist()])
+
+    def scores(self, text: str) -> tuple[npt.NDArray[np.float32], list[str]]:
+        """Dense BM25 scores over all items, and the words matched."""
+        found = self.match(text)
+        dense = np.zeros(self.matrix.shape[0], np.float32)
+        dense[found.items] = found.relevance
+        return dense, sorted(found.words)
 
     def to_arrays(self) -> dict[str, npt.NDArray[Any]]:
         out: dict[str, npt.NDArray[Any]] = {
@@ -71,17 +79,20 @@ class TextIndex:
             "text_idf": self.idf,
         }
         put_sparse(out, "text_matrix", self.matrix)
+        if self.counts is not None:
+            put_sparse(out, "text_counts", self.counts)
         return out
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, npt.NDArray[Any]]) -> TextIndex | None:
+        """The stored index, its BM25 postings built now: loading is off the request path."""
         if "text_vocabulary" not in arrays:
             return None
-        return cls(arrays["text_vocabulary"], arrays["text_idf"], get_sparse(arrays, "text_matrix"))
-
-    def scores(self, text: str) -> tuple[npt.NDArray[np.float32], list[str]]:
-        vector, matched = self.query(text)
-        return np.asarray((self.matrix @ vector.T).toarray()[:, 0], np.float32), matched
+        counts = get_sparse(arrays, "text_counts") if "text_counts_data" in arrays else None
+        index = cls(arrays["text_vocabulary"], arrays["text_idf"],
+                    get_sparse(arrays, "text_matrix"), counts)  # fmt: skip
+        _ = index.search
+        return index
 
 
 def build_text_index(catalog: Catalog) -> TextIndex:
@@ -99,7 +110,6 @@ def build_text_index(catalog: Catalog) -> TextIndex:
     terms = pa.concat_arrays([p[0].cast(pa.string()) for p in parts])
     rows = np.concatenate([p[1] for p in parts])
     weights = np.concatenate([np.full(len(p[1]), p[2], np.float32) for p in parts])
-    # Sorted vocabulary: queries look words up by binary search.
     vocabulary, columns = np.unique(np.asarray(terms.to_pylist(), dtype=np.str_),
                                     return_inverse=True)  # fmt: skip
     counts = sp.csr_matrix(
@@ -111,7 +121,7 @@ def build_text_index(catalog: Catalog) -> TextIndex:
     weighted.data = np.log1p(weighted.data) * idf[weighted.indices]
     norms = np.sqrt(np.asarray(weighted.multiply(weighted).sum(axis=1))).ravel()
     weighted = sp.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ weighted
-    return TextIndex(vocabulary, idf, sp.csr_matrix(weighted, dtype=np.float32))
+    return TextIndex(vocabulary, idf, sp.csr_matrix(weighted, dtype=np.float32), counts)
 
 
 def content_similarity(index: TextIndex, neighbours: int = 100) -> sp.csr_matrix:

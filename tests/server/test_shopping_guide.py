@@ -27,6 +27,7 @@ def write_catalog(path: Path) -> None:
         )
         lines.append(f"b{i},Ceramic mug number {i},kitchen,{2 + i},true")
     lines.append("a99,Glass lantern brand new,lighting,5,true")
+    lines.append("b99,Glass mug with a handle,kitchen,4,true")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -120,9 +121,40 @@ def test_guide_understands_price_and_category(guide_server: Server) -> None:
         "POST", "/v1/guide", {"query": "lighting", "user_id": "a-user-1", "k": 3}
     )
     assert status == 200 and body["personalized"] is True
-    assert "category: lighting" in body["constraints"]
+    assert "category first: lighting" in body["constraints"]
     assert all(i["item_id"].startswith("a") for i in body["items"])
     assert all("because_you_bought" in i for i in body["items"])
+
+
+def test_guide_ranks_items_with_every_word_first(guide_server: Server) -> None:
+    # A lantern buyer's personal score favours the glass lantern; the glass mug is what was
+    # asked for, and it comes first.
+    status, body = guide_server.request(
+        "POST", "/v1/guide", {"query": "glass mugs", "user_id": "a-user-3", "k": 6}
+    )
+    assert status == 200 and body["personalized"] is True
+    assert body["matched_words"] == ["glass", "mug"]
+    assert body["items"][0]["item_id"] == "b99"
+    assert body["items"][0]["matched"] == ["glass", "mug"]
+    rest = body["items"][1:]
+    assert rest and all(len(i["matched"]) == 1 for i in rest)
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_guide_understands_price_ranges_and_cheap(guide_server: Server) -> None:
+    status, body = guide_server.request(
+        "POST", "/v1/guide", {"query": "mug between £6 and £9", "k": 20}
+    )
+    assert status == 200, body
+    assert body["constraints"][:2] == ["price <= 9", "price >= 6"]
+    assert {i["price"] for i in body["items"]} == {6, 7, 8, 9}
+    status, body = guide_server.request("POST", "/v1/guide", {"query": "cheap mugs", "k": 20})
+    assert status == 200, body
+    # Twelve mugs cost 2 to 13, the glass mug 4: cheap is at most their median, 7.
+    assert "price <= 7.00 (cheap: the lower half of the matches)" in body["constraints"]
+    assert sorted(i["price"] for i in body["items"]) == [2, 3, 4, 4, 5, 6, 7]
+    assert all("mug" in i["matched"] for i in body["items"])
 
 
 @pytest.mark.parametrize(
