@@ -366,8 +366,10 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
 
 
 def _publish(metrics: ServerMetrics, snapshot: Snapshot) -> None:
-    metrics.model_info.clear()
     routing = snapshot.routing
+    # A stable version kept because its successor cannot load still serves: it stays.
+    metrics.route({*(routing.versions() if routing else ()), *snapshot.models, *snapshot.failures})
+    metrics.model_info.clear()
     for version, model in snapshot.models.items():
         role = "canary" if routing and version == routing.canary else "stable"
         metrics.model_info.labels(version, model.algorithm, role).set(1)
