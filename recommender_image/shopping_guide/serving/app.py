@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import ArtifactError
@@ -444,11 +444,25 @@ def build_app(
         task.cancel()
 
     async def drain(app: web.Application) -> None:
-        app[STATE]["draining"] = True
+        start_draining(app)
 
     app.cleanup_ctx.append(start_watching)
+    app.on_response_prepare.append(_close_when_draining)
     app.on_shutdown.append(drain)
     return app
 
 
-__all__ = ["ServingModel", "build_app"]
+def start_draining(app: web.Application) -> None:
+    """From now on /readyz answers 503 and every response closes its connection: clients that
+    keep connections alive reconnect, to pods that stay, while this one still answers."""
+    app[STATE]["draining"] = True
+
+
+async def _close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
+    if request.app[STATE].get("draining"):
+        # The headers are built by now: say it (the client's side) and do it (the server's).
+        response.headers[hdrs.CONNECTION] = "close"
+        response.force_close()
+
+
+__all__ = ["ServingModel", "build_app", "start_draining"]
