@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import logging
@@ -291,20 +292,27 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "only by the process that served the list",
     )
     p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="after SIGTERM, keep answering this long with /readyz at 503 and every "
+        "connection closed after its response, before the listener closes",
+    )
+    p.add_argument(
         "--shutdown-timeout",
         type=float,
         default=20.0,
-        help="seconds in-flight requests get to finish after SIGTERM",
+        help="seconds in-flight requests get to finish once the listener has closed",
     )
     p.set_defaults(handler=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from .artifacts import ModelStore
     from .serving.app import build_app
     from .serving.attribution import Attributor, load_key
+    from .serving.lifecycle import serve
     from .serving.metrics import ServerMetrics
     from .serving.registry import Registry
 
@@ -323,14 +331,12 @@ def _run_serve(args: argparse.Namespace) -> int:
         attributor=attributor,
         reload_interval=args.reload_interval,
     )
-    web.run_app(
-        app,
-        host=args.host,
-        port=args.port,
-        shutdown_timeout=args.shutdown_timeout,
-        access_log=None,
-        print=lambda message: log.warning("%s", message),
-    )
+    asyncio.run(
+        serve(
+            app, args.host, args.port,
+            drain_seconds=args.drain_seconds, shutdown_timeout=args.shutdown_timeout,
+        )
+    )  # fmt: skip
     return 0
 
 

@@ -42,7 +42,9 @@ def images_on_the_node(cluster: Cluster) -> set[str]:
     if node is None:
         required(f"no node {NODE}: the local cluster runs without its real node")
         raise AssertionError  # unreachable: required() raises
-    return {name for image in node["status"].get("images", []) for name in image["names"]}
+    # An image whose tag a reloaded one took is listed without names.
+    images = node["status"].get("images", [])
+    return {name for image in images for name in image.get("names") or []}
 
 
 def require_images(cluster: Cluster) -> None:

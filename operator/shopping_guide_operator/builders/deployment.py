@@ -25,6 +25,17 @@ from .common import (
     tmp_volume,
 )
 
+# Stopping a serving pod loses no request: for PRESTOP_SECONDS after the pod is deleted it
+# serves on while the endpoints controller, kube-proxy and ingress controllers stop sending it
+# connections; then, on SIGTERM, it closes each kept-alive connection after its next response
+# for DRAIN_SECONDS, closes its listener and gives requests in flight SHUTDOWN_SECONDS.
+PRESTOP_SECONDS = 10
+DRAIN_SECONDS = 3
+SHUTDOWN_SECONDS = 15
+# The grace period counts from the deletion, preStop included; a little more than all three,
+# so that kubelet's SIGKILL never cuts the drain short.
+TERMINATION_GRACE_SECONDS = PRESTOP_SECONDS + DRAIN_SECONDS + SHUTDOWN_SECONDS + 5
+
 
 def server_args(guide: Guide) -> list[str]:
     return [
@@ -49,6 +60,10 @@ def server_args(guide: Guide) -> list[str]:
         # pod is attributed to the version that served the list.
         "--attribution-key-file",
         attribution_key_path(),
+        "--drain-seconds",
+        str(DRAIN_SECONDS),
+        "--shutdown-timeout",
+        str(SHUTDOWN_SECONDS),
     ]
 
 
@@ -84,6 +99,9 @@ def build_deployment(guide: Guide) -> JSON:
             "periodSeconds": 5,
             "failureThreshold": 3,
         },
+        # kubelet's own sleep (GA in Kubernetes 1.34, on by default since 1.30): the image
+        # needs no sleep binary.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
         "resources": dict(serving.resources),
         "securityContext": container_security_context(),
         "volumeMounts": [
@@ -113,7 +131,7 @@ def build_deployment(guide: Guide) -> JSON:
             "spec": {
                 "automountServiceAccountToken": False,
                 "securityContext": pod_security_context(),
-                "terminationGracePeriodSeconds": 30,
+                "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                 "containers": [container],
                 "volumes": [
                     {

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
-from aiohttp import web
+from aiohttp import hdrs, web
 from msgspec import UNSET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -66,6 +66,8 @@ REGISTRY = web.AppKey("registry", Registry)
 METRICS = web.AppKey("metrics", ServerMetrics)
 ATTRIBUTOR = web.AppKey("attributor", Attributor)
 STATE = web.AppKey("state", dict)
+# The (model_version, cohort) a request was served with: the labels of its metrics.
+LABELS = web.RequestKey("labels", tuple[str, str])
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -175,7 +177,7 @@ def _recommend_one(
         metrics.empty.labels(model.version, cohort).inc()
     if ranked.strategy != "personalized":
         metrics.cold_starts.labels(model.version, cohort, ranked.strategy).inc()
-    request["labels"] = (model.version, cohort)
+    request[LABELS] = (model.version, cohort)
     return RecommendationResponse(
         recommendation_id=app[ATTRIBUTOR].issue(model.version, cohort),
         user_id=options.user_id,
@@ -211,7 +213,7 @@ async def recommendations_batch(request: web.Request) -> web.Response:
             if exc.status != 400:
                 raise
             raise RequestError(exc.code, f"requests[{index}]: {exc.message}") from exc
-    request["labels"] = ("mixed", "mixed")
+    request[LABELS] = ("mixed", "mixed")
     return _respond(BatchResponse(results))
 
 
@@ -226,7 +228,7 @@ async def similar_items(request: web.Request) -> web.Response:
         model, cohort = snapshot.route(query.user_id)
     if model is None:
         raise RequestError("no_model", "no model is loaded yet", 503)
-    request["labels"] = (model.version, cohort)
+    request[LABELS] = (model.version, cohort)
     ranked = model.similar(item_id, query.k)
     if ranked is None:
         raise RequestError("unknown_item", f"item {item_id!r} is not in model {model.version}", 404)
@@ -246,7 +248,7 @@ async def user_profile(request: web.Request) -> web.Response:
     model, cohort = request.app[REGISTRY].snapshot.route(user_id)
     if model is None:
         raise RequestError("no_model", "no model is loaded yet", 503)
-    request["labels"] = (model.version, cohort)
+    request[LABELS] = (model.version, cohort)
     found = profile(model, user_id)
     if found is None:
         raise RequestError("unknown_user", f"model {model.version} knows nothing of this user", 404)
@@ -263,7 +265,7 @@ async def guide_query(request: web.Request) -> web.Response:
         model, cohort = snapshot.route(body.user_id)
     if model is None:
         raise RequestError("no_model", "no model is loaded yet", 503)
-    request["labels"] = (model.version, cohort)
+    request[LABELS] = (model.version, cohort)
     try:
         answer = guide(model, body.query, body.user_id, body.k, _filters(body.filters) or Filters())
     except QueryError as exc:
@@ -276,8 +278,13 @@ async def feedback(request: web.Request) -> web.Response:
     # The id itself says which version and cohort served the list, whichever pod served it.
     attribution = request.app[ATTRIBUTOR].verify(body.recommendation_id)
     version, cohort = attribution.model_version, attribution.cohort
-    request.app[METRICS].feedback.labels(version, cohort, body.event).inc()
-    request["labels"] = (version, cohort)
+    # A late click on a list of a version this pod no longer serves (or never served) is
+    # counted as `retired`: a series per retired version would stay in /metrics forever.
+    label = version
+    if version != "unknown" and version not in request.app[REGISTRY].snapshot.models:
+        label = "retired"
+    request.app[METRICS].feedback.labels(label, cohort, body.event).inc()
+    request[LABELS] = (label, cohort)
     answer = FeedbackResponse(
         accepted=True,
         model_version=version,
@@ -333,7 +340,7 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         request.app[METRICS].errors.labels(endpoint, "internal").inc()
         response = _error(500, "internal", "internal error")
     if endpoint != "other":
-        version, cohort = request.get("labels", ("none", "none"))
+        version, cohort = request.get(LABELS, ("none", "none"))
         metrics = request.app[METRICS]
         metrics.requests.labels(endpoint, version, cohort, str(response.status)).inc()
         metrics.latency.labels(endpoint, version, cohort).observe(time.perf_counter() - started)
@@ -341,8 +348,10 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
 
 
 def _publish(metrics: ServerMetrics, snapshot: Snapshot) -> None:
-    metrics.model_info.clear()
     routing = snapshot.routing
+    # A stable version kept because its successor cannot load still serves: it stays.
+    metrics.route({*(routing.versions() if routing else ()), *snapshot.models, *snapshot.failures})
+    metrics.model_info.clear()
     for version, model in snapshot.models.items():
         role = "canary" if routing and version == routing.canary else "stable"
         metrics.model_info.labels(version, model.algorithm, role).set(1)
@@ -419,11 +428,25 @@ def build_app(
         task.cancel()
 
     async def drain(app: web.Application) -> None:
-        app[STATE]["draining"] = True
+        start_draining(app)
 
     app.cleanup_ctx.append(start_watching)
+    app.on_response_prepare.append(_close_when_draining)
     app.on_shutdown.append(drain)
     return app
 
 
-__all__ = ["ServingModel", "build_app"]
+def start_draining(app: web.Application) -> None:
+    """From now on /readyz answers 503 and every response closes its connection: clients that
+    keep connections alive reconnect, to pods that stay, while this one still answers."""
+    app[STATE]["draining"] = True
+
+
+async def _close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
+    if request.app[STATE].get("draining"):
+        # The headers are built by now: say it (the client's side) and do it (the server's).
+        response.headers[hdrs.CONNECTION] = "close"
+        response.force_close()
+
+
+__all__ = ["ServingModel", "build_app", "start_draining"]

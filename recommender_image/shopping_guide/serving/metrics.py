@@ -4,14 +4,20 @@ The canary analysis divides these per version: requests and errors, latency, and
 click-through (feedback clicks over recommendations served). Every series also carries the
 constant label `guide`, the ShoppingGuide this server serves (SHOPPING_GUIDE_NAME): the
 operator selects `{namespace=..., guide=...}`, so two guides in one namespace never mix.
+
+A promotion restarts no pod, so the series of a version the routing no longer names are
+removed (`route`), or /metrics would carry every version a pod ever served. Only versions once
+routed and routed no more go: a routed version's counters must never reset (the analysis takes
+their rate), and the labels that name no version (`unknown`, `mixed`, `none`) stay.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -26,12 +32,15 @@ _BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05
 
 class _ConstantLabels(Collector):
     """Every metric of `inner`, each sample with `labels` added (prometheus_client has no
-    constant labels of its own)."""
+    constant labels of its own). `before` runs first at each collection."""
 
-    def __init__(self, inner: CollectorRegistry, labels: dict[str, str]) -> None:
-        self.inner, self.labels = inner, labels
+    def __init__(
+        self, inner: CollectorRegistry, labels: dict[str, str], before: Callable[[], None]
+    ) -> None:
+        self.inner, self.labels, self.before = inner, labels, before
 
     def collect(self) -> Iterator[Metric]:
+        self.before()
         for metric in self.inner.collect():
             out = Metric(metric.name, metric.documentation, metric.type, metric.unit)
             out.samples = [s._replace(labels={**self.labels, **s.labels}) for s in metric.samples]
@@ -52,8 +61,10 @@ class ServerMetrics:
         self.guide = os.environ.get(GUIDE_ENV, "") if guide is None else guide
         self.registry = registry or CollectorRegistry()
         # The metrics live in a registry of their own; the exported one adds the guide label.
+        self._routed: frozenset[str] = frozenset()
+        self._retired: frozenset[str] = frozenset()
         r = CollectorRegistry()
-        self.registry.register(_ConstantLabels(r, {GUIDE_LABEL: self.guide}))
+        self.registry.register(_ConstantLabels(r, {GUIDE_LABEL: self.guide}, self._retire))
         labels = ("endpoint", "model_version", "cohort")
         self.requests = Counter(
             "shopping_guide_requests", "Requests answered", (*labels, "code"), registry=r
@@ -109,3 +120,22 @@ class ServerMetrics:
             "shopping_guide_canary_load_failed", "1 while the routed canary could not load",
             registry=r,
         )  # fmt: skip
+        self._versioned: tuple[MetricWrapperBase, ...] = (
+            self.requests, self.latency, self.recommendations, self.empty, self.cold_starts,
+            self.feedback, self.model_load_seconds, self.model_load_failures, self.model_info,
+            self.model_load_failed,
+        )  # fmt: skip
+
+    def route(self, versions: Iterable[str]) -> None:
+        """The versions the routing names now; the series of those it named before go."""
+        routed = frozenset(versions)
+        self._retired = (self._retired | self._routed) - routed
+        self._routed = routed
+        self._retire()
+
+    def _retire(self) -> None:
+        # Also at each scrape: feedback for a list a retired version served comes in later
+        # and would bring its series back.
+        for version in self._retired:
+            for metric in self._versioned:
+                metric.remove_by_labels({"model_version": version})

@@ -91,6 +91,21 @@ def test_deployment_is_hardened_and_mounts_the_routing_as_a_directory(
     }
 
 
+def test_a_serving_pod_serves_through_its_removal_from_the_endpoints(
+    make_guide: MakeGuide,
+) -> None:
+    pod = build_deployment(make_guide())["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    # kubelet's sleep action: nothing to exec in the image.
+    prestop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    args = container["args"]
+    drain = float(args[args.index("--drain-seconds") + 1])
+    shutdown = float(args[args.index("--shutdown-timeout") + 1])
+    assert prestop >= 5 and drain > 0 and shutdown > 0
+    # The grace period runs from the deletion: preStop, drain and shutdown all fit in it.
+    assert pod["terminationGracePeriodSeconds"] > prestop + drain + shutdown
+
+
 def test_replicas_belong_to_the_hpa_when_autoscaling_is_on(make_guide: MakeGuide) -> None:
     assert "replicas" not in build_deployment(make_guide())["spec"]
     fixed = make_guide({"serving": {"autoscaling": None}})
