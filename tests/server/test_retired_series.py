@@ -79,6 +79,8 @@ def test_an_unrouted_version_leaves_metrics_and_the_routed_ones_keep_counting(
     assert status == 202 and body["model_version"] == als
     assert _series(server, als) == []
     assert server.metric("shopping_guide_feedback_total", model_version=knn) == clicks
+    # Counted, under one label for every version no longer served.
+    assert server.metric("shopping_guide_feedback_total", model_version="retired") == 1
 
     # Rolled back to it: routed again, it is counted again (from zero), and knn goes.
     _route(server, 4, stable=als)
