@@ -17,6 +17,7 @@ from shopping_guide_contracts import training_result
 
 from .algorithms import ALGORITHMS, AUTO, AUTO_FAMILIES
 from .artifacts import parse_guide
+from .baskets import BASKET_MODELS
 from .catalog import CatalogSchema
 from .errors import ConfigError, ShoppingGuideError
 from .events import FORMATS, EventSchema
@@ -74,6 +75,23 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     data.add_argument("--weight-col", help="weight or quantity column, multiplies event weights")
     data.add_argument("--time-col", help="timestamp column (time split, time decay)")
     data.add_argument("--time-format", help="strptime format when timestamps are not ISO 8601")
+    data.add_argument(
+        "--basket-col",
+        help="order or session column: also learn what is bought together (and evaluate it)",
+    )
+    data.add_argument(
+        "--basket-model",
+        choices=BASKET_MODELS,
+        default="auto",
+        help="bought together: ease (best; memory quadratic in items), jaccard (any size), "
+        "auto (ease when it fits in memory)",
+    )
+    data.add_argument(
+        "--basket-neighbours",
+        type=int,
+        default=20,
+        help="bought-together partners kept per item",
+    )
     data.add_argument(
         "--event-weight",
         action="append",
@@ -198,6 +216,7 @@ def _run_train(args: argparse.Namespace) -> int:
         time_col=args.time_col,
         event_weights=_event_weights(args.event_weight),
         time_format=args.time_format,
+        basket_col=args.basket_col,
     )
     config = TrainConfig(
         events=args.events,
@@ -240,6 +259,8 @@ def _run_train(args: argparse.Namespace) -> int:
         ),
         catalog_from_events=_title_price(args.catalog_from_events),
         content_weight=args.content_weight,
+        basket_model=args.basket_model,
+        basket_neighbours=args.basket_neighbours,
     )
     result = train(config)
     print(json.dumps(result, sort_keys=True))

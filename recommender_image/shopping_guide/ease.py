@@ -61,6 +61,11 @@ def available_bytes() -> tuple[int, str]:
     return 1 << 62, "no known limit"
 
 
+def ease_fits(n_items: int) -> bool:
+    available, _ = available_bytes()
+    return required_bytes(n_items) <= _MEMORY_SHARE * available
+
+
 def check_fits(n_items: int, available: int, source: str) -> None:
     need = required_bytes(n_items)
     if need > _MEMORY_SHARE * available:

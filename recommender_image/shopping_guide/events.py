@@ -52,9 +52,11 @@ class EventSchema:
     time_col: str | None = None
     event_weights: Mapping[str, float] = field(default_factory=dict)
     time_format: str | None = None
+    # An order or session id: rows that share one were bought (or viewed) together.
+    basket_col: str | None = None
 
     def columns(self) -> list[str]:
-        optional = (self.event_col, self.weight_col, self.time_col)
+        optional = (self.event_col, self.weight_col, self.time_col, self.basket_col)
         return [self.user_col, self.item_col, *(c for c in optional if c)]
 
 
@@ -69,13 +71,19 @@ class Events:
     rows_read: int
     skipped: Counter[str]
     filtered: int
+    # The basket id of each row (null where the row has none), with a basket column.
+    baskets: pa.Array | None = None
 
     def __len__(self) -> int:
         return len(self.weight)
 
     def without_users(self, user_ids: list[str]) -> Events:
         keep = pc.invert(pc.is_in(self.users, value_set=pa.array(user_ids, pa.string())))
-        mask = np.asarray(keep)
+        return self.where(np.asarray(keep))
+
+    def where(self, mask: npt.NDArray[np.bool_]) -> Events:
+        """The rows where `mask` is true; the others count as filtered."""
+        keep = pa.array(mask)
         return Events(
             users=pc.filter(self.users, keep),
             items=pc.filter(self.items, keep),
@@ -84,6 +92,7 @@ class Events:
             rows_read=self.rows_read,
             skipped=self.skipped,
             filtered=self.filtered + int((~mask).sum()),
+            baskets=None if self.baskets is None else pc.filter(self.baskets, keep),
         )
 
 
@@ -382,6 +391,9 @@ def load_events(
         check.mark(bad, schema.time_col, "unparsable timestamp", raw)
         timestamp = np.asarray(pc.fill_null(seconds, 0), dtype=np.int64)
 
+    # A row without a basket id still counts as an interaction; it is only in no basket.
+    baskets = None if not schema.basket_col else _as_ids(table.column(schema.basket_col))
+
     if policy == "error":
         check.raise_first()
     keep = ~check.invalid
@@ -401,4 +413,5 @@ def load_events(
         rows_read=rows + malformed,
         skipped=check.reasons,
         filtered=int(nonpositive.sum()),
+        baskets=None if baskets is None else pc.filter(baskets, mask).combine_chunks(),
     )

@@ -68,6 +68,8 @@ class Model:
     # Item x item content similarity and its share of a blended (hybrid) score.
     content_similarity: sp.csr_matrix | None = None
     content_weight: float = 0.0
+    # Item x item weights of what is bought together (from baskets), when trained with them.
+    bought_together: sp.csr_matrix | None = None
     popularity: FloatArray = field(init=False)
     _yty: npt.NDArray[np.float64] | None = field(default=None, init=False, repr=False)
 
@@ -137,6 +139,8 @@ class Model:
         if self.content_similarity is not None:
             put_sparse(out, "content_similarity", self.content_similarity)
             out["content_weight"] = np.asarray([self.content_weight], dtype=np.float64)
+        if self.bought_together is not None:
+            put_sparse(out, "bought_together", self.bought_together)
         return out
 
     @classmethod
@@ -162,6 +166,8 @@ class Model:
         if "content_similarity_data" in arrays:
             model.content_similarity = get_sparse(arrays, "content_similarity")
             model.content_weight = float(arrays["content_weight"][0])
+        if "bought_together_data" in arrays:
+            model.bought_together = get_sparse(arrays, "bought_together")
         model.check()
         return model
 
@@ -186,6 +192,11 @@ class Model:
                 raise ArtifactError(f"similarity must be {n_items} x {n_items}")
             if not np.isfinite(self.similarity.data).all():
                 raise ArtifactError("similarity holds non-finite values")
+        if self.bought_together is not None:
+            if self.bought_together.shape != (n_items, n_items):
+                raise ArtifactError(f"bought-together weights must be {n_items} x {n_items}")
+            if not np.isfinite(self.bought_together.data).all():
+                raise ArtifactError("bought-together weights hold non-finite values")
 
     # Scoring ----------------------------------------------------------------------------
     def fold_in(self, history: sp.csr_matrix) -> FloatArray:

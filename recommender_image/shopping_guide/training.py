@@ -9,19 +9,34 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
 
 from shopping_guide_contracts import training_result
 
 from .algorithms import AUTO, AUTO_FAMILIES, Value, fit, resolve_params
 from .ann import AnnIndex
 from .artifacts import ModelStore, forgotten_user_hashes, forgotten_users, user_sha256
+from .baskets import (
+    BasketModel,
+    Baskets,
+    basket_matrix,
+    evaluate_baskets,
+    fit_bought_together,
+    popularity_scorer,
+    similar_items_scorer,
+    split_baskets,
+    weights_scorer,
+)
 from .catalog import Catalog, CatalogSchema, catalog_from_table, derive_from_events, load_catalog
 from .content import build_text_index, content_similarity
 from .errors import ArtifactError, ConfigError
 from .evaluation import evaluate, evaluate_champion, sample_users
-from .events import EventSchema, Format, InvalidPolicy, load_events, read_columns
+from .events import Events, EventSchema, Format, InvalidPolicy, load_events, read_columns
 from .hybrid import cold_item_evaluation, extend_items
-from .interactions import Scale, build_interactions
+from .interactions import Interactions, Scale, build_interactions
 from .model import Model
 from .splits import SplitKind, split
 from .tuning import Method, search, search_families, tune_content_weight
@@ -66,6 +81,11 @@ class TrainConfig:
     catalog_from_events: tuple[str, str | None] | None = None
     content_weight: float = 0.3
     content_neighbours: int = 100
+    # Frequently bought together, from the schema's basket column: the model, partners kept
+    # per item, and how many baskets a pair must share (Jaccard).
+    basket_model: BasketModel = "auto"
+    basket_neighbours: int = 20
+    basket_min_count: int = 2
 
 
 def _rounded(metrics: dict[str, float]) -> dict[str, float]:
@@ -195,6 +215,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
     metrics = evaluate(model, holdout, users, config.k)
     popularity = evaluate(Model.popularity_baseline(holdout.train.matrix), holdout, users, config.k)
     mark = lap("evaluate", mark)
+    bought_together: dict[str, Any] | None = None
+    baskets: Baskets | None = None
+    if events.baskets is not None:
+        baskets = basket_matrix(events.baskets, events.items, data.item_ids)
+        bought_together = _evaluate_bought_together(
+            config, events, baskets, data, algorithm, params
+        )
+        mark = lap("bought_together", mark)
 
     store = ModelStore(config.model_store, config.guide)
     champion: dict[str, Any] | None = None
@@ -222,6 +250,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
         )
         mark = lap("refit", mark)
 
+    if baskets is not None:
+        served.bought_together, _ = fit_bought_together(
+            baskets.matrix, config.basket_model, config.basket_neighbours, config.basket_min_count
+        )
+        mark = lap("bought_together_fit", mark)
     if (
         config.ann_min_items is not None
         and served.item_factors is not None
@@ -290,7 +323,62 @@ def train(config: TrainConfig) -> dict[str, Any]:
         result["tuning"] = tuning
     if hybrid is not None:
         result["hybrid"] = hybrid
+    if bought_together is not None:
+        result["bought_together"] = bought_together
     return training_result.validate(result)
+
+
+def _evaluate_bought_together(
+    config: TrainConfig,
+    events: Events,
+    baskets: Baskets,
+    data: Interactions,
+    algorithm: str,
+    params: dict[str, Value],
+) -> dict[str, Any]:
+    """Held-out baskets: one item of each hidden, ranked from the rest, by the bought-together
+    weights, by popularity among the baskets, and by the similar items of the collaborative
+    model, refitted for this without the held-out baskets' events (so it never saw them)."""
+    holdout = split_baskets(baskets.matrix, config.test_fraction, config.seed)
+    weights, kind = fit_bought_together(
+        holdout.train, config.basket_model, config.basket_neighbours, config.basket_min_count
+    )
+    popularity = np.asarray(holdout.train.sum(axis=0), dtype=np.float32).ravel()
+    unseen = events.where(~np.isin(baskets.of_row, holdout.test))
+    blind = build_interactions(
+        unseen,
+        exclude_items=config.exclude_items,
+        min_user_items=config.min_user_items,
+        half_life_days=config.half_life_days,
+        scale=config.scale,
+    )
+    cf = fit(algorithm, params, _align_items(blind, data.item_ids), config.seed)
+    k = config.k
+    return {
+        "model": kind,
+        "baskets": int((np.diff(baskets.matrix.indptr) > 0).sum()),
+        "test_baskets": len(holdout.hidden),
+        "neighbours": config.basket_neighbours,
+        "metrics": _rounded(evaluate_baskets(weights_scorer(weights), holdout, k)),
+        "baseline": {
+            "popularity": _rounded(evaluate_baskets(popularity_scorer(popularity), holdout, k)),
+            "similar_items": _rounded(evaluate_baskets(similar_items_scorer(cf), holdout, k)),
+        },
+    }
+
+
+def _align_items(data: Interactions, item_ids: npt.NDArray[np.str_]) -> sp.csr_matrix:
+    """`data`'s matrix with its columns moved to `item_ids`' order (absent items: empty)."""
+    position = np.asarray(
+        pc.fill_null(pc.index_in(pa.array(data.item_ids), value_set=pa.array(item_ids)), -1),
+        dtype=np.int64,
+    )
+    coo = data.matrix.tocoo()
+    keep = position[coo.col] >= 0
+    return sp.csr_matrix(
+        (coo.data[keep], (coo.row[keep], position[coo.col[keep]])),
+        shape=(data.shape[0], len(item_ids)),
+    )
 
 
 def _catalog(config: TrainConfig) -> Catalog | None:

@@ -79,7 +79,7 @@ def trainer_args(guide: Guide, champion: str | None, protect: Iterable[str] = ()
     args = ["train", "--events", f"{DATA_MOUNT}/{data.path}"]
     if data.format:
         args += ["--format", data.format]
-    for column in ("user", "item", "event", "weight", "time"):
+    for column in ("user", "item", "event", "weight", "time", "basket"):
         if data.columns.get(column):
             args += [f"--{column}-col", data.columns[column]]
     for event, weight in sorted(data.event_weights.items()):

@@ -220,6 +220,12 @@ def test_tuning_flags(make_guide: MakeGuide) -> None:
     assert "--tune --tune-method random --tune-trials 8 --metric ndcg@10" in text
 
 
+def test_a_basket_column_reaches_the_trainer(make_guide: MakeGuide) -> None:
+    guide = make_guide({"data": {"interactions": {"columns": {"basket": "InvoiceNo"}}}})
+    assert "--basket-col InvoiceNo" in " ".join(trainer_args(guide, None))
+    assert "--basket-col" not in trainer_args(make_guide(), None)
+
+
 def test_ease_params_and_auto_tuning(make_guide: MakeGuide) -> None:
     model = {"algorithm": "ease", "alpha": None, "factors": None}
     ease = make_guide({"model": {**model, "regularization": 50, "neighbours": 20, "binary": False}})
