@@ -91,11 +91,14 @@ def main() -> int:
                     method="POST",
                 )
                 try:
-                    with urllib.request.urlopen(request, timeout=10):
-                        pass
+                    with urllib.request.urlopen(request, timeout=10) as response:
+                        answer = json.loads(response.read())
                     with lock:
                         counts[f"clicked:{version}"] += 1
-                except (urllib.error.URLError, OSError) as exc:
+                        # Which version the pod that took the click credited it to: behind a
+                        # Service, often not the pod that served the list.
+                        counts[f"attributed:{answer.get('model_version')}"] += 1
+                except (urllib.error.URLError, OSError, ValueError) as exc:
                     with lock:
                         counts[f"failed:{type(exc).__name__}"] += 1
             time.sleep(args.pause)

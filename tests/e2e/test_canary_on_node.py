@@ -102,9 +102,10 @@ def guide(product: Product, prometheus: Prometheus) -> dict[str, Any]:
             "training": {
                 "qualityGate": {"metric": "ndcg@10", "minimum": 0.0, "maxRegression": 1.0}
             },
-            # One serving pod: feedback is attributed by the pod that served the list.
+            # Three serving pods behind the Service: a click often reaches another pod than
+            # the one that served the list, and is attributed from the signed id alone.
             "serving": {
-                "replicas": 1,
+                "replicas": 3,
                 "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
             },
             "rollout": {
@@ -174,3 +175,12 @@ def test_a_retrained_model_is_promoted_and_a_broken_one_rolled_back(
     versions = {k.removeprefix("served:") for k in counts if k.startswith("served:")}
     assert versions <= {first, second, broken}, versions
     assert counts.get(f"clicked:{second}", 0) > counts.get(f"clicked:{broken}", 0)
+    # Every click was credited to the version that served it, whichever pod took it.
+    clicked = {k.removeprefix("clicked:"): v for k, v in counts.items() if k.startswith("clicked:")}
+    credited = {
+        k.removeprefix("attributed:"): v for k, v in counts.items() if k.startswith("attributed:")
+    }
+    total = sum(clicked.values())
+    print(f"clicks {total}; credited to {credited}; unknown {credited.get('unknown', 0)}")
+    assert total > 100, counts
+    assert credited == clicked, counts
