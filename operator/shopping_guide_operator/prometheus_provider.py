@@ -265,6 +265,8 @@ def queries(version: str, window_seconds: float, selector: dict[str, str]) -> di
     served = _matchers(selector, endpoint="recommendations", model_version=version)
     by_version = _matchers(selector, model_version=version)
     clicks = _matchers(selector, model_version=version, event="click")
+    carts = _matchers(selector, model_version=version, event="cart")
+    purchases = _matchers(selector, model_version=version, event="purchase")
     return {
         "requests": f"sum(increase(shopping_guide_requests_total{{{served}}}[{window}]))",
         "errors": (
@@ -278,6 +280,9 @@ def queries(version: str, window_seconds: float, selector: dict[str, str]) -> di
             f"sum(increase(shopping_guide_recommendations_total{{{by_version}}}[{window}]))"
         ),
         "clicks": f"sum(increase(shopping_guide_feedback_total{{{clicks}}}[{window}]))",
+        "carts": f"sum(increase(shopping_guide_feedback_total{{{carts}}}[{window}]))",
+        "purchases": f"sum(increase(shopping_guide_feedback_total{{{purchases}}}[{window}]))",
+        "revenue": f"sum(increase(shopping_guide_revenue_total{{{by_version}}}[{window}]))",
     }
 
 
@@ -399,6 +404,9 @@ class PrometheusProvider:
             p99_seconds=values["p99_seconds"],
             recommendations=values["recommendations"] or 0.0,
             clicks=values["clicks"] or 0.0,
+            carts=values["carts"] or 0.0,
+            purchases=values["purchases"] or 0.0,
+            revenue=values["revenue"] or 0.0,
         )
 
     async def generation_applied(self) -> int | None:

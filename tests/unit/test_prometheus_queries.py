@@ -16,6 +16,11 @@ def test_queries_select_the_version_and_window() -> None:
     assert 'code=~"5.."' in got["errors"]
     assert got["p99_seconds"].startswith("histogram_quantile(0.99, sum by (le) (rate(")
     assert 'event="click"' in got["clicks"]
+    assert 'event="cart"' in got["carts"] and 'event="purchase"' in got["purchases"]
+    assert got["revenue"] == (
+        'sum(increase(shopping_guide_revenue_total{model_version="v2",namespace="shop",'
+        'shoppingguide="odd\\"name"}[60s]))'
+    )
 
 
 def test_scalar_answers() -> None:
