@@ -49,7 +49,7 @@ def body_error(raw: bytes, kind: type[msgspec.Struct]) -> RequestError:
          schema.BatchRequest, "unknown_field", "unknown field `exclude` in `$.requests[1]`"),
         (b'{"recommendation_id": "r", "user_id": "u", "item_id": "i", "event": "like"}',
          schema.FeedbackRequest, "invalid_event",
-         "Invalid enum value 'like', expected one of cart, click, purchase - at `$.event`"),
+         "Invalid enum value 'like', expected one of cart, click, purchase, view - at `$.event`"),
         (b'[1]', schema.GuideRequest, "invalid_body", "Expected `object`, got `array`"),
     ],
 )  # fmt: skip

@@ -89,6 +89,33 @@ def test_feedback_is_attributed_to_the_serving_version(server: Server) -> None:
     assert served_total >= 1
 
 
+def test_purchases_count_units_and_revenue_for_the_serving_version(server: Server) -> None:
+    _, served = server.get("/v1/recommendations?user_id=a-user-6&k=4")
+    als = server.models.als
+    assert server.metric("shopping_guide_impressions_total", model_version=als) >= 4
+
+    def send(event: str, **extra: Any) -> tuple[int, Any]:
+        return server.request("POST", "/v1/feedback", {
+            "recommendation_id": served["recommendation_id"], "user_id": "a-user-6",
+            "item_id": served["items"][0]["item_id"], "event": event, **extra,
+        })  # fmt: skip
+
+    assert send("view")[0] == 202 and send("cart", quantity=2)[0] == 202
+    status, body = send("purchase", quantity=3, price=2.5)
+    assert status == 202 and body["revenue"] == 7.5
+    assert server.metric("shopping_guide_revenue_total", model_version=als) == 7.5
+    assert server.metric("shopping_guide_purchased_units_total", model_version=als) == 3
+    assert server.metric("shopping_guide_feedback_total", model_version=als, event="view") == 1
+    # This model has no catalogue: a purchase without a price adds no revenue, and says so.
+    status, body = send("purchase")
+    assert status == 202 and body["revenue"] == 0
+    assert server.metric("shopping_guide_unpriced_purchases_total", model_version=als) == 1
+    assert server.metric("shopping_guide_revenue_total", model_version=als) == 7.5
+    for bad in ({"quantity": 0}, {"price": -1}, {"quantity": 1.5}):
+        status, body = send("purchase", **bad)
+        assert status == 400, (bad, body)
+
+
 BAD_INPUTS: list[tuple[str, str, Any, int, str]] = [
     ("GET", "/v1/recommendations", None, 400, "invalid_user_id"),
     ("GET", "/v1/recommendations?user_id=", None, 400, "invalid_user_id"),

@@ -193,3 +193,19 @@ def test_forgetting_a_user(guide_server: Server, hybrid_store: tuple[Path, str])
     assert "a-user-7" not in audit and '"forget-users"' in audit
     # No way around the operator: the server itself forgets nobody.
     assert guide_server.request("DELETE", "/v1/users/a-user-12")[0] in (404, 405)
+
+
+def test_a_purchase_without_a_price_takes_the_catalogues(guide_server: Server) -> None:
+    _, served = guide_server.get("/v1/recommendations?user_id=a-user-1&k=3")
+    item = served["items"][0]["item_id"]
+    status, body = guide_server.request("POST", "/v1/feedback", {
+        "recommendation_id": served["recommendation_id"], "user_id": "a-user-1",
+        "item_id": item, "event": "purchase", "quantity": 2,
+    })  # fmt: skip
+    assert status == 202
+    written = {"a99": 5.0, "b99": 4.0} | {f"a{i}": 1.0 + i for i in range(12)}
+    written |= {f"b{i}": 2.0 + i for i in range(12)}  # as write_catalog writes them
+    assert body["revenue"] == pytest.approx(2 * written[item])
+    assert guide_server.metric(
+        "shopping_guide_revenue_total", model_version=served["model_version"]
+    ) == pytest.approx(body["revenue"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -173,6 +174,7 @@ def _recommend_one(
     app = request.app
     metrics = app[METRICS]
     metrics.recommendations.labels(model.version, cohort).inc()
+    metrics.impressions.labels(model.version, cohort).inc(len(ranked.item_ids))
     if not ranked.item_ids:
         metrics.empty.labels(model.version, cohort).inc()
     if ranked.strategy != "personalized":
@@ -278,12 +280,27 @@ async def feedback(request: web.Request) -> web.Response:
     # The id itself says which version and cohort served the list, whichever pod served it.
     attribution = request.app[ATTRIBUTOR].verify(body.recommendation_id)
     version, cohort = attribution.model_version, attribution.cohort
+    snapshot = request.app[REGISTRY].snapshot
     # A late click on a list of a version this pod no longer serves (or never served) is
     # counted as `retired`: a series per retired version would stay in /metrics forever.
     label = version
-    if version != "unknown" and version not in request.app[REGISTRY].snapshot.models:
+    if version != "unknown" and version not in snapshot.models:
         label = "retired"
-    request.app[METRICS].feedback.labels(label, cohort, body.event).inc()
+    metrics = request.app[METRICS]
+    metrics.feedback.labels(label, cohort, body.event).inc()
+    revenue = 0.0
+    if body.event == "purchase":
+        price = (
+            body.price
+            if body.price is not None
+            else _catalogue_price(snapshot, version, body.item_id)
+        )
+        metrics.units.labels(label, cohort).inc(body.quantity)
+        if price is None:
+            metrics.unpriced.labels(label, cohort).inc()
+        else:
+            revenue = body.quantity * price
+            metrics.revenue.labels(label, cohort).inc(revenue)
     request[LABELS] = (label, cohort)
     answer = FeedbackResponse(
         accepted=True,
@@ -291,8 +308,23 @@ async def feedback(request: web.Request) -> web.Response:
         cohort=cohort,  # type: ignore[arg-type]
         attribution=attribution.outcome,
         user_id=body.user_id,
+        revenue=round(revenue, 6),
     )
     return _respond(answer, status=202)
+
+
+def _catalogue_price(snapshot: Snapshot, version: str, item_id: str) -> float | None:
+    """The unit price in the catalogue of the version that served the list, else the stable
+    version's (the list's version may be retired); None when neither knows it."""
+    for model in (snapshot.models.get(version), snapshot.stable):
+        if model is None or model.catalog is None:
+            continue
+        index = model.items.one(item_id)
+        if index >= 0:
+            price = float(model.catalog.price[index])
+            if math.isfinite(price):
+                return price
+    return None
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -93,6 +93,24 @@ class ServerMetrics:
             "shopping_guide_feedback", "Feedback events attributed to the serving version",
             ("model_version", "cohort", "event"), registry=r,
         )  # fmt: skip
+        self.impressions = Counter(
+            "shopping_guide_impressions", "Items shown in recommendation lists",
+            ("model_version", "cohort"), registry=r,
+        )  # fmt: skip
+        self.revenue = Counter(
+            "shopping_guide_revenue",
+            "Purchase value (quantity x unit price) attributed to the serving version",
+            ("model_version", "cohort"), registry=r,
+        )  # fmt: skip
+        self.units = Counter(
+            "shopping_guide_purchased_units", "Units bought from recommendation lists",
+            ("model_version", "cohort"), registry=r,
+        )  # fmt: skip
+        self.unpriced = Counter(
+            "shopping_guide_unpriced_purchases",
+            "Purchases with no price sent and none in the catalogue (no revenue counted)",
+            ("model_version", "cohort"), registry=r,
+        )  # fmt: skip
         self.model_load_seconds = Gauge(
             "shopping_guide_model_load_seconds", "Time to load and verify a version",
             ("model_version",), registry=r,
@@ -123,7 +141,7 @@ class ServerMetrics:
         self._versioned: tuple[MetricWrapperBase, ...] = (
             self.requests, self.latency, self.recommendations, self.empty, self.cold_starts,
             self.feedback, self.model_load_seconds, self.model_load_failures, self.model_info,
-            self.model_load_failed,
+            self.model_load_failed, self.impressions, self.revenue, self.units, self.unpriced,
         )  # fmt: skip
 
     def route(self, versions: Iterable[str]) -> None:

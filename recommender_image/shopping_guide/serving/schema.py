@@ -24,7 +24,7 @@ MAX_ID_LENGTH = 256
 # An issued id is about 70 characters; anything much longer is not one of ours.
 MAX_RECOMMENDATION_ID_LENGTH = 512
 
-FeedbackEvent = Literal["click", "cart", "purchase"]
+FeedbackEvent = Literal["view", "click", "cart", "purchase"]
 
 UserId = Annotated[
     str,
@@ -124,6 +124,14 @@ class FeedbackRequest(_Request):
     user_id: UserId
     item_id: ItemId
     event: FeedbackEvent
+    quantity: Annotated[int, Meta(ge=1, le=1_000_000, description="units (cart, purchase)")] = 1
+    price: (
+        Annotated[
+            float,
+            Meta(ge=0, le=1e9, description="unit price paid; the catalogue's when left out"),
+        ]
+        | None
+    ) = None
 
 
 class GuideRequest(_Request):
@@ -181,6 +189,9 @@ class FeedbackResponse(Struct):
     cohort: Literal["stable", "canary", "unknown"]
     attribution: Literal["verified", "invalid", "expired"]
     user_id: str
+    revenue: Annotated[
+        float, Meta(description="what a purchase added to the version's revenue (0 otherwise)")
+    ] = 0.0
 
 
 class Interactions(Struct):
