@@ -22,13 +22,17 @@ from shopping_guide_contracts.routing import Cohort
 from ..errors import ArtifactError
 from . import openapi
 from .attribution import Attributor
+from .baskets import complete
 from .decoding import MAX_BODY_BYTES, RequestError, decode_body, decode_query
 from .guide import QueryError, guide, profile
 from .metrics import ServerMetrics
 from .registry import Registry, Snapshot
 from .schema import (
+    BasketRequest,
+    BasketResponse,
     BatchRequest,
     BatchResponse,
+    BoughtTogetherQuery,
     CatalogFilters,
     EmptyQuery,
     ErrorDetail,
@@ -47,6 +51,7 @@ from .schema import (
     ScoredItem,
     SimilarQuery,
     SimilarResponse,
+    SourcedItem,
     UserPath,
 )
 from .scorer import Filters, Ranked, ServingModel
@@ -58,6 +63,8 @@ _ENDPOINTS = {
     "/v1/recommendations": "recommendations",
     "/v1/recommendations:batch": "batch",
     "/v1/items/{item_id}/similar": "similar",
+    "/v1/items/{item_id}/bought-together": "bought_together",
+    "/v1/baskets:complete": "basket",
     "/v1/feedback": "feedback",
     "/v1/users/{user_id}/profile": "profile",
     "/v1/guide": "guide",
@@ -242,6 +249,56 @@ async def similar_items(request: web.Request) -> web.Response:
             items=_items(model, ranked.item_ids, ranked.scores),
         )
     )
+
+
+def _complete_basket(
+    request: web.Request,
+    basket: list[str],
+    k: int,
+    user_id: str | None,
+    filters: CatalogFilters | None,
+) -> BasketResponse:
+    snapshot = request.app[REGISTRY].snapshot
+    cohort: Cohort = "stable"
+    if user_id is None:
+        model = snapshot.stable
+    else:
+        model, cohort = snapshot.route(user_id)
+    if model is None:
+        raise RequestError("no_model", "no model is loaded yet", 503)
+    request[LABELS] = (model.version, cohort)
+    try:
+        candidates = model.candidates(None, _filters(filters))
+    except ArtifactError as exc:
+        raise RequestError("no_catalog", str(exc)) from exc
+    done = complete(model, basket, k, candidates)
+    names = [str(model.item_ids[i]) for i in done.indices]
+    titled = _items(model, names, done.scores)
+    items = [
+        SourcedItem(item.item_id, item.score, source, item.title)
+        for item, source in zip(titled, done.sources, strict=True)
+    ]
+    return BasketResponse(model.version, cohort, items, done.unknown_items[:100])
+
+
+async def bought_together(request: web.Request) -> web.Response:
+    item_id = decode_query(request.match_info, ItemPath, "path").item_id
+    query = decode_query(request.query, BoughtTogetherQuery)
+    filters = CatalogFilters(
+        categories=query.categories, min_price=query.min_price, max_price=query.max_price,
+        in_stock_only=query.in_stock_only,
+    )  # fmt: skip
+    answer = _complete_basket(request, [item_id], query.k, query.user_id, filters)
+    if answer.unknown_items:
+        raise RequestError(
+            "unknown_item", f"item {item_id!r} is not in model {answer.model_version}", 404
+        )
+    return _respond(answer)
+
+
+async def complete_basket(request: web.Request) -> web.Response:
+    body = await decode_body(request, BasketRequest)
+    return _respond(_complete_basket(request, body.items, body.k, body.user_id, body.filters))
 
 
 async def user_profile(request: web.Request) -> web.Response:
@@ -442,6 +499,8 @@ def build_app(
     app.router.add_post("/v1/recommendations", recommendations_post)
     app.router.add_post("/v1/recommendations:batch", recommendations_batch)
     app.router.add_get("/v1/items/{item_id}/similar", similar_items)
+    app.router.add_get("/v1/items/{item_id}/bought-together", bought_together)
+    app.router.add_post("/v1/baskets:complete", complete_basket)
     app.router.add_post("/v1/feedback", feedback)
     app.router.add_get("/v1/users/{user_id}/profile", user_profile)
     app.router.add_post("/v1/guide", guide_query)

@@ -64,6 +64,20 @@ OPERATIONS: tuple[Operation, ...] = (
         query=s.SimilarQuery, path_params=s.ItemPath,
     ),
     Operation(
+        "get", "/v1/items/{item_id}/bought-together", "boughtTogether",
+        "Items bought together with one item",
+        {200: (s.BasketResponse, "the items, each with the source that filled its slot"),
+         400: _BAD, 404: (s.ErrorResponse, "the model does not know the item"),
+         503: _NO_MODEL},
+        query=s.BoughtTogetherQuery, path_params=s.ItemPath, tags=("baskets",),
+    ),
+    Operation(
+        "post", "/v1/baskets:complete", "completeBasket", "What to add to a basket",
+        {200: (s.BasketResponse, "the items, each with the source that filled its slot"),
+         400: _BAD, 413: _TOO_LARGE, 503: _NO_MODEL},
+        body=s.BasketRequest, tags=("baskets",),
+    ),
+    Operation(
         "post", "/v1/feedback", "feedback", "What a shopper did with a recommended item",
         {202: (s.FeedbackResponse, "counted, attributed to what served the list"), 400: _BAD,
          413: _TOO_LARGE},

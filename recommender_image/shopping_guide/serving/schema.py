@@ -116,6 +116,27 @@ class SimilarQuery(_Request):
     user_id: UserId | None = None
 
 
+class BoughtTogetherQuery(_Request):
+    """`GET /v1/items/{item_id}/bought-together`: with `user_id`, the model of the shopper's
+    cohort."""
+
+    k: K = 10
+    user_id: UserId | None = None
+    categories: Annotated[list[Category], Meta(max_length=MAX_LIST)] = []
+    min_price: Price | None = None
+    max_price: Price | None = None
+    in_stock_only: bool = False
+
+
+class BasketRequest(_Request):
+    """`POST /v1/baskets:complete`: what to add to a cart holding `items`."""
+
+    items: Annotated[list[ItemId], Meta(min_length=1, max_length=1000)]
+    k: K = 10
+    user_id: UserId | None = None
+    filters: CatalogFilters | None = None
+
+
 class FeedbackRequest(_Request):
     """What a shopper did with an item of a list: send the list's `recommendation_id` as it
     came, from any pod of the guide."""
@@ -178,6 +199,27 @@ class SimilarResponse(Struct):
     model_version: str
     cohort: Cohort
     items: list[ScoredItem]
+
+
+class SourcedItem(Struct):
+    item_id: str
+    score: float
+    source: Annotated[
+        Literal["bought_together", "similar_items", "popular"],
+        Meta(
+            description="what filled the slot: the basket model, then similarity, then popularity"
+        ),
+    ]
+    title: Annotated[str, Meta(description="with a catalogue")] | UnsetType = UNSET
+
+
+class BasketResponse(Struct):
+    """Items to add, best first; empty only when the filters leave nothing."""
+
+    model_version: str
+    cohort: Cohort
+    items: list[SourcedItem]
+    unknown_items: Annotated[list[str], Meta(description="basket items the model does not know")]
 
 
 class FeedbackResponse(Struct):
