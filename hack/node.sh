@@ -311,18 +311,20 @@ pause_image_archive() {
     echo "$archive"
 }
 
-# node_load_image ARCHIVE: import a docker-archive into the node's containerd (no-op when the
-# same archive was imported already).
+# node_load_image ARCHIVE: import a docker-archive (NAME-ID.tar) into the node's containerd;
+# a no-op when the archive last imported for NAME has the same content. Keyed by the image's
+# name, not by content alone: after A, then B, then A again under one tag, A is imported again.
 node_load_image() {
-    local archive=$1 sum stamp
+    local archive=$1 sum stamp base
     sum=$(sha256sum "$archive" | cut -c1-16)
-    stamp="$NODE_DIR/images/loaded-$sum"
-    [[ -f "$stamp" ]] && return 0
+    base=$(basename "$archive" .tar)
+    stamp="$NODE_DIR/images/last-${base%-*}"
+    [[ -f "$stamp" && "$(<"$stamp")" == "$sum" ]] && return 0
     local start=$SECONDS
     ctr_ images import --snapshotter overlayfs - <"$archive" >/dev/null ||
         die "could not import $archive into the node"
     mkdir -p "$NODE_DIR/images"
-    : >"$stamp"
+    printf '%s' "$sum" >"$stamp"
     log "loaded $(basename "$archive") into $NODE_NAME in $((SECONDS - start))s"
 }
 
