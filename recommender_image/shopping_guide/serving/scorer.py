@@ -1,8 +1,11 @@
-"""One loaded model version, ready for per-request scoring.
+"""One loaded model version, ready for scoring one request or many together.
 
-Exact scoring is implicit's native top-k over the item factors (one matrix-vector product and
-a heap). For large catalogues an HNSW graph answers instead (see `ann`), read from the artifact
-or, for artifacts without one, built when the version loads.
+Exact scoring is implicit's native top-k over the item factors (a matrix product and a heap).
+Scoring one user reads the whole item matrix for one dot product per item: memory-bound. The
+users of concurrent requests are therefore scored together where they can be (`recommend_many`):
+one matrix product for all of them, each user's own exclusions applied inside the same top-k.
+For large catalogues an HNSW graph answers instead (see `ann`), read from the artifact or, for
+artifacts without one, built when the version loads; it also takes many queries in one call.
 """
 
 from __future__ import annotations
@@ -10,13 +13,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from ..ann import AnnIndex
+from ..ann import EF_SEARCH, AnnIndex
 from ..artifacts import LoadedModel
 from ..catalog import Catalog
 from ..content import TextIndex
@@ -59,12 +62,47 @@ class Filters:
         return mask
 
 
+@dataclass(frozen=True)
+class Query:
+    """One user's request as the scorer takes it: parsed and bounded by the server."""
+
+    user_id: str
+    k: int
+    exclude: tuple[str, ...] = ()
+    allow: tuple[str, ...] | None = None
+    exclude_seen: bool = True
+    recent_items: tuple[str, ...] = ()
+    filters: Filters | None = None
+
+    @property
+    def has_candidates(self) -> bool:
+        return self.allow is not None or (self.filters is not None and not self.filters.empty)
+
+
 @dataclass
 class Ranked:
     item_ids: list[str]
     scores: list[float]
     strategy: Strategy
     unknown_items: list[str] = field(default_factory=list)
+
+
+class _Row(NamedTuple):
+    indices: IntArray
+
+
+class _RowFilter:
+    """Items each query row leaves out, in the form implicit's top-k reads: `rows[i].indices`.
+
+    The same as a CSR matrix there, without its cost: a scipy row slice takes about 0.1 ms,
+    more than that row's share of the batched matrix product.
+    """
+
+    def __init__(self, rows: Sequence[IntArray]) -> None:
+        self.rows = rows
+
+    def __getitem__(self, row: int) -> _Row:
+        return _Row(self.rows[row])
 
 
 def _top(scores: FloatArray, k: int) -> IntArray:
@@ -164,39 +202,104 @@ class ServingModel:
         recent_items: Sequence[str] = (),
         filters: Filters | None = None,
     ) -> Ranked:
-        user = self.users.one(user_id)
+        query = Query(
+            user_id, k, tuple(exclude), None if allow is None else tuple(allow), exclude_seen,
+            tuple(recent_items), filters,
+        )  # fmt: skip
+        return self.recommend_many([query])[0]
+
+    @property
+    def _factors_only(self) -> bool:
+        """A pure factor model: a known user's scores are one dot product per item."""
+        model = self.model
+        hybrid = model.content_similarity is not None and model.content_weight > 0
+        return model.item_factors is not None and model.user_factors is not None and not hybrid
+
+    def recommend_many(self, queries: Sequence[Query]) -> list[Ranked]:
+        """Each query's answer, the same as if it were scored alone.
+
+        Known users of a factor model, without an allow-list or catalogue filter, are scored
+        together: one matrix product (or one multi-query ANN search), with each user's seen and
+        excluded items left out inside the same top-k. The rest one by one: users folded in
+        from recent items, the popular fallback, candidate masks, item-KNN and hybrid models.
+        """
+        users = self.users.lookup([q.user_id for q in queries])
+        out: list[Ranked | None] = [None] * len(queries)
+        together: list[int] = []
+        masks: dict[tuple[tuple[str, ...] | None, Filters | None], npt.NDArray[np.bool_] | None]
+        masks = {}
+        for position, (query, user) in enumerate(zip(queries, users, strict=True)):
+            if user >= 0 and self._factors_only and not query.has_candidates:
+                together.append(position)
+            else:
+                out[position] = self._recommend_alone(query, int(user), masks)
+        if together:
+            chosen = [queries[p] for p in together]
+            rows = users[together]
+            blocked = [
+                self._blocked(q, self._seen(int(u)) if q.exclude_seen else None)
+                for q, u in zip(chosen, rows, strict=True)
+            ]
+            assert self.model.user_factors is not None
+            vectors = self.model.user_factors[rows]
+            ks = [q.k for q in chosen]
+            found = (
+                self._ann_rows(vectors, ks, blocked)
+                if self.ann is not None
+                else self._exact_rows(vectors, ks, blocked)
+            )
+            for position, (ids, scores) in zip(together, found, strict=True):
+                out[position] = Ranked(self._names(ids), scores.tolist(), "personalized")
+        return [r for r in out if r is not None]
+
+    def _seen(self, user: int) -> IntArray:
+        lo, hi = self.history.indptr[user], self.history.indptr[user + 1]
+        seen: IntArray = self.history.indices[lo:hi].astype(np.int64)
+        return seen
+
+    def _blocked(self, query: Query, seen: IntArray | None) -> IntArray:
+        """Item indices a query must not get back: its exclusions, and its history if asked."""
+        excluded = self.items.lookup(query.exclude)
+        excluded = excluded[excluded >= 0]
+        if seen is None or not len(seen):
+            return excluded
+        return np.concatenate([seen, excluded]) if len(excluded) else seen
+
+    def _recommend_alone(
+        self,
+        query: Query,
+        user: int,
+        masks: dict[tuple[tuple[str, ...] | None, Filters | None], npt.NDArray[np.bool_] | None],
+    ) -> Ranked:
         strategy: Strategy = "personalized"
         unknown: list[str] = []
         if user >= 0:
             row = self._history_row(user)
         else:
-            row, unknown = self._row_from_items(recent_items)
+            row, unknown = self._row_from_items(query.recent_items)
             strategy = "fold_in"
-        excluded = self.items.lookup(exclude)
-        excluded = excluded[excluded >= 0]
-        candidates = self.candidates(allow, filters)
+        key = (query.allow, query.filters)
+        if key not in masks:  # a batch that shares one allow-list builds its mask once
+            masks[key] = self.candidates(query.allow, query.filters)
+        candidates = masks[key]
         vector = self._user_vector(user if user >= 0 else None, row)
         hybrid = self.model.content_similarity is not None and self.model.content_weight > 0
+        seen = row.indices.astype(np.int64) if query.exclude_seen else None
+        blocked = self._blocked(query, seen)
 
         if vector is not None and candidates is None and not hybrid:
-            # The common path: a native top-k over the factors, no dense score copy.
-            blocked = row.indices.astype(np.int64) if exclude_seen else np.empty(0, np.int64)
-            if self.ann is not None and user >= 0:
-                ids, scores = self._ann_top(vector, k, np.concatenate([blocked, excluded]))
-            else:
-                ids, scores = self._exact_top(vector, k, row if exclude_seen else None, excluded)
+            # A user folded in (known users of factor models are scored in `recommend_many`).
+            [(ids, scores)] = self._exact_rows(vector.reshape(1, -1), [query.k], [blocked])
             return Ranked(self._names(ids), scores.tolist(), strategy, unknown)
 
         scores_all = self._dense_scores(vector, row)
         if scores_all is None:
             strategy = "popular"
             scores_all = self.model.popularity.astype(np.float32, copy=True)
-        if exclude_seen:
-            scores_all[row.indices] = -np.inf
-        scores_all[excluded] = -np.inf
+        scores_all[blocked] = -np.inf
         if candidates is not None:
             scores_all[~candidates] = -np.inf
-        top = _top(scores_all, k)
+        top = _top(scores_all, query.k)
         return Ranked(self._names(top), scores_all[top].tolist(), strategy, unknown)
 
     def _row_from_items(self, item_ids: Sequence[str]) -> tuple[sp.csr_matrix, list[str]]:
@@ -224,30 +327,58 @@ class ServingModel:
             mask &= filters.mask(self.catalog, self.history.shape[1])
         return mask
 
-    def _exact_top(
-        self, vector: FloatArray, k: int, seen: sp.csr_matrix | None, excluded: IntArray
-    ) -> tuple[IntArray, FloatArray]:
+    def _exact_rows(
+        self, vectors: FloatArray, ks: Sequence[int], blocked: Sequence[IntArray]
+    ) -> list[tuple[IntArray, FloatArray]]:
+        """Exact top-k for each row of `vectors`, in one native top-k per distinct k."""
         from implicit.cpu.topk import topk
 
-        assert self.model.item_factors is not None
-        ids, scores = topk(
-            self.model.item_factors,
-            np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32),
-            min(k, self.model.n_items),
-            filter_query_items=seen,
-            filter_items=excluded.astype(np.int32) if len(excluded) else None,
-            num_threads=1,
-        )
-        keep = scores[0] > np.finfo(np.float32).min / 2
-        return ids[0][keep].astype(np.int64), scores[0][keep]
+        items = self.model.item_factors
+        assert items is not None
+        out: list[tuple[IntArray, FloatArray]] = [(np.empty(0, np.int64), np.empty(0, np.float32))]
+        out *= len(ks)
+        by_k: dict[int, list[int]] = {}
+        for row, k in enumerate(ks):
+            by_k.setdefault(k, []).append(row)
+        floor = np.finfo(np.float32).min / 2
+        for k, rows in by_k.items():
+            filtered = [blocked[r] for r in rows]
+            ids, scores = topk(
+                items,
+                np.ascontiguousarray(vectors[rows], dtype=np.float32),
+                min(k, len(items)),
+                filter_query_items=_RowFilter(filtered) if any(map(len, filtered)) else None,
+                num_threads=1,  # parallelism comes from the scoring threads
+            )
+            for j, row in enumerate(rows):
+                keep = scores[j] > floor
+                out[row] = ids[j][keep].astype(np.int64), scores[j][keep]
+        return out
 
-    def _ann_top(
-        self, vector: FloatArray, k: int, blocked: IntArray
-    ) -> tuple[IntArray, FloatArray]:
+    def _ann_rows(
+        self, vectors: FloatArray, ks: Sequence[int], blocked: Sequence[IntArray]
+    ) -> list[tuple[IntArray, FloatArray]]:
+        """Approximate top-k for each row: blocked items are asked for beyond k, then dropped.
+
+        HNSW explores max(efSearch, k) candidates, so every row asking for at most efSearch
+        shares one search (its answer is a prefix of the same candidate list); a row asking for
+        more searches with its own depth, as it would alone.
+        """
         assert self.ann is not None
-        ids, scores = self.ann.search(vector, k + len(blocked))
-        keep = ~np.isin(ids, blocked)
-        return ids[keep][:k], scores[keep][:k]
+        wanted = [k + len(b) for k, b in zip(ks, blocked, strict=True)]
+        groups: dict[int, list[int]] = {}
+        for row, depth in enumerate(wanted):
+            groups.setdefault(max(depth, EF_SEARCH), []).append(row)
+        out: list[tuple[IntArray, FloatArray]] = [(np.empty(0, np.int64), np.empty(0, np.float32))]
+        out *= len(ks)
+        for rows in groups.values():
+            ids, scores = self.ann.search_many(vectors[rows], max(wanted[r] for r in rows))
+            for j, row in enumerate(rows):
+                keep = ids[j] >= 0
+                if len(blocked[row]):
+                    keep &= ~np.isin(ids[j], blocked[row])
+                out[row] = ids[j][keep][: ks[row]], scores[j][keep][: ks[row]]
+        return out
 
     def similar(self, item_id: str, k: int) -> Ranked | None:
         """Items most like one item: cosine of factors, or the item-KNN similarity row."""
@@ -272,7 +403,8 @@ class ServingModel:
         return self._names(self.popular_order[:k])
 
     def _names(self, indices: IntArray) -> list[str]:
-        return [str(x) for x in self.item_ids[indices]]
+        names: list[str] = self.item_ids[indices].tolist()
+        return names
 
     def describe(self) -> dict[str, Any]:
         return {
