@@ -290,6 +290,33 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=20.0,
         help="seconds in-flight requests get to finish after SIGTERM",
     )
+    scoring = p.add_argument_group("scoring (off the event loop; see serving/batcher.py)")
+    scoring.add_argument(
+        "--scoring-threads",
+        type=int,
+        default=None,
+        help="threads that score requests (default: one per CPU this process may use)",
+    )
+    scoring.add_argument(
+        "--no-batching",
+        action="store_true",
+        help="score each request on its own instead of batching concurrent ones",
+    )
+    scoring.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=1.0,
+        help="while a batch is scoring, how long a free thread waits for more requests",
+    )
+    scoring.add_argument(
+        "--max-batch", type=int, default=64, help="requests scored together at most"
+    )
+    scoring.add_argument(
+        "--max-queued",
+        type=int,
+        default=2048,
+        help="users waiting to be scored at most; beyond, requests get 503 and Retry-After",
+    )
     p.set_defaults(handler=_run_serve)
 
 
@@ -298,9 +325,20 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     from .artifacts import ModelStore
     from .serving.app import build_app
+    from .serving.batcher import ScoringConfig, default_threads
     from .serving.metrics import ServerMetrics
     from .serving.registry import Registry
 
+    try:
+        scoring = ScoringConfig(
+            threads=args.scoring_threads or default_threads(),
+            batching=not args.no_batching,
+            window_seconds=args.batch_window_ms / 1000,
+            max_batch=args.max_batch,
+            max_queued=args.max_queued,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     registry = Registry(
         ModelStore(args.model_store, args.guide),
         args.routing,
@@ -312,6 +350,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         metrics_address=None if args.metrics_port is None else (args.host, args.metrics_port),
         served_capacity=args.feedback_capacity,
         reload_interval=args.reload_interval,
+        scoring=scoring,
     )
     web.run_app(
         app,

@@ -85,8 +85,11 @@ def _queries(model: ServingModel) -> list[Query]:
         Query(users[4], 10, allow=some, exclude=some[:3]),
         Query(users[5], 8, filters=Filters(categories=("kitchen",), max_price=10.0)),
         Query(users[6], 8, filters=Filters(in_stock_only=True, min_price=5.0)),
+        Query(users[8], 5, allow=("nope", "i1")),
+        Query(users[9], 5, allow=("nope",)),  # nothing left to recommend
         Query("stranger", 6, recent_items=("i3", "i4", "i5", "unknown-item")),
         Query("stranger", 6, recent_items=("i3", "i4", "i5"), exclude_seen=False),
+        Query("stranger", 6, recent_items=("i3", "i9"), allow=some, exclude=some[:2]),
         Query("nobody", 5),
         Query(users[7], N_ITEMS + 50),  # more than there are items
     ]
@@ -139,7 +142,7 @@ def test_batched_answers_equal_alone_and_the_numpy_ranking(als: ServingModel) ->
         assert together.item_ids == expected, query
         assert together.strategy == strategy
     assert batched[-1].item_ids and len(batched[-1].item_ids) <= N_ITEMS
-    fold_in = batched[-4]
+    fold_in = batched[-5]
     assert fold_in.strategy == "fold_in" and fold_in.unknown_items == ["unknown-item"]
 
 
@@ -149,9 +152,13 @@ def test_an_answer_does_not_depend_on_what_else_is_in_the_batch(als: ServingMode
     backward = als.recommend_many(queries[::-1])[::-1]
     for a, b in zip(forward, backward, strict=True):
         _same(a, b)
-    # The wrapper for one request goes the same way.
-    q = queries[-11]
-    _same(als.recommend(q.user_id, q.k, exclude=q.exclude), forward[-11])
+    # The one-request wrapper goes the same way.
+    for q, expected in list(zip(queries, forward, strict=True))[-14:]:
+        alone = als.recommend(
+            q.user_id, q.k, exclude=q.exclude, allow=q.allow, exclude_seen=q.exclude_seen,
+            recent_items=q.recent_items, filters=q.filters,
+        )  # fmt: skip
+        _same(alone, expected)
 
 
 def test_filters_without_a_catalogue_fail_only_their_own_query() -> None:

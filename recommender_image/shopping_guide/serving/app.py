@@ -7,18 +7,22 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from shopping_guide_contracts.routing import Cohort
+
 from ..errors import ArtifactError
+from .batcher import OverloadedError, Scoring, ScoringConfig
 from .feedback import Served, ServedLog
 from .guide import QueryError, guide, profile
 from .metrics import ServerMetrics
 from .registry import Registry, Snapshot
-from .scorer import Filters, ServingModel
+from .scorer import Filters, Query, Ranked, ServingModel
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,8 @@ MAX_BATCH = 1000
 MAX_LIST = 10_000
 MAX_ID_LENGTH = 256
 MAX_BODY_BYTES = 1 << 20
+# Rows of top-k one request may ask for (users x k): bounds its time and its response size.
+MAX_SCORED_ROWS = 100_000
 FEEDBACK_EVENTS = ("click", "cart", "purchase")
 
 # Paths whose requests are counted and timed, by the metric label they get.
@@ -43,6 +49,7 @@ REGISTRY = web.AppKey("registry", Registry)
 METRICS = web.AppKey("metrics", ServerMetrics)
 SERVED = web.AppKey("served", ServedLog)
 STATE = web.AppKey("state", dict)
+SCORING = web.AppKey("scoring", Scoring)
 
 
 class RequestError(Exception):
@@ -154,31 +161,46 @@ def _items(model: ServingModel, item_ids: list[str], scores: list[float]) -> lis
     return items
 
 
+def _check_work(ks: Sequence[int], field: str) -> None:
+    """The bound on the work of one request: at most MAX_SCORED_ROWS rows of top-k."""
+    rows = sum(ks)
+    if rows > MAX_SCORED_ROWS:
+        raise RequestError(
+            "too_much_work",
+            f"{field}: {len(ks)} users with k up to {max(ks)} ask for {rows} scored rows; "
+            f"one request may ask for at most {MAX_SCORED_ROWS} (users x k): lower k or "
+            "split the batch",
+            422,
+        )
+
+
 # Handlers --------------------------------------------------------------------------------
-def _recommend_one(
-    request: web.Request, snapshot: Snapshot, options: Mapping[str, Any]
-) -> dict[str, Any]:
-    user_id = _user_id(options.get("user_id"))
-    k = _k(options.get("k"))
-    exclude = _ids(options.get("exclude_items", options.get("exclude")), "exclude_items")
+def _query(options: Mapping[str, Any]) -> Query:
     allow_raw = options.get("allow_items", options.get("allow"))
-    allow = None if allow_raw is None else _ids(allow_raw, "allow_items")
-    exclude_seen = _flag(options.get("exclude_seen"), "exclude_seen", True)
-    recent = _ids(options.get("recent_items"), "recent_items")
-    filters = _filters(options)
-    model, cohort = snapshot.route(user_id)
-    if model is None:
-        raise RequestError("no_model", "no model is loaded yet", 503)
-    try:
-        ranked = model.recommend(
-            user_id, k, exclude=exclude, allow=allow, exclude_seen=exclude_seen,
-            recent_items=recent, filters=filters,
-        )  # fmt: skip
-    except ArtifactError as exc:
-        raise RequestError("no_catalog", str(exc)) from exc
+    return Query(
+        user_id=_user_id(options.get("user_id")),
+        k=_k(options.get("k")),
+        exclude=tuple(_ids(options.get("exclude_items", options.get("exclude")), "exclude_items")),
+        allow=None if allow_raw is None else tuple(_ids(allow_raw, "allow_items")),
+        exclude_seen=_flag(options.get("exclude_seen"), "exclude_seen", True),
+        recent_items=tuple(_ids(options.get("recent_items"), "recent_items")),
+        filters=_filters(options),
+    )
+
+
+def _respond(
+    request: web.Request,
+    model: ServingModel,
+    cohort: Cohort,
+    query: Query,
+    ranked: Ranked,
+    items: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A scored request's answer, recorded for feedback and counted (on the event loop)."""
     app = request.app
     metrics = app[METRICS]
     recommendation_id = uuid.uuid4().hex
+    user_id = query.user_id
     app[SERVED].add(recommendation_id, Served(model.version, cohort, user_id))
     metrics.recommendations.labels(model.version, cohort).inc()
     if not ranked.item_ids:
@@ -193,22 +215,94 @@ def _recommend_one(
         "cohort": cohort,
         "cold_start": ranked.strategy != "personalized",
         "strategy": ranked.strategy,
-        "items": _items(model, ranked.item_ids, ranked.scores),
+        "items": _items(model, ranked.item_ids, ranked.scores) if items is None else items,
     }
     if ranked.unknown_items:
         body["unknown_items"] = ranked.unknown_items[:100]
     return body
 
 
+async def _recommend_one(
+    request: web.Request, snapshot: Snapshot, options: Mapping[str, Any]
+) -> dict[str, Any]:
+    query = _query(options)
+    model, cohort = snapshot.route(query.user_id)
+    if model is None:
+        raise RequestError("no_model", "no model is loaded yet", 503)
+    try:
+        ranked = await request.app[SCORING].recommend(model, query)
+    except ArtifactError as exc:
+        raise RequestError("no_catalog", str(exc)) from exc
+    return _respond(request, model, cohort, query, ranked)
+
+
 async def recommendations_get(request: web.Request) -> web.Response:
     snapshot = request.app[REGISTRY].snapshot
-    return web.json_response(_recommend_one(request, snapshot, request.query))
+    return web.json_response(await _recommend_one(request, snapshot, request.query))
 
 
 async def recommendations_post(request: web.Request) -> web.Response:
     body = await _json_body(request)
     snapshot = request.app[REGISTRY].snapshot
-    return web.json_response(_recommend_one(request, snapshot, body))
+    return web.json_response(await _recommend_one(request, snapshot, body))
+
+
+Scored = tuple[ServingModel, Cohort, Query, Ranked, list[dict[str, Any]]]
+
+
+def _batch_queries(shared: dict[str, Any], own: list[dict[str, Any]]) -> list[Query]:
+    """Each request of a batch: its own fields over the shared ones. The shared fields are
+    parsed once (an allow-list of thousands of ids, parsed again for each of a thousand
+    users, would be seconds of work)."""
+    base = _query({"user_id": "-", **shared}) if own else None
+    queries = []
+    for index, options in enumerate(own):
+        try:
+            if base is not None and options.keys() <= {"user_id", "k"}:
+                user = _user_id(options.get("user_id", shared.get("user_id")))
+                k = _k(options["k"]) if "k" in options else base.k
+                queries.append(replace(base, user_id=user, k=k))
+            else:
+                queries.append(_query({**shared, **options}))
+        except RequestError as exc:
+            raise RequestError(exc.code, f"requests[{index}]: {exc.message}") from exc
+    return queries
+
+
+def _score_batch(
+    snapshot: Snapshot, shared: dict[str, Any], own: list[dict[str, Any]], field: str
+) -> list[Scored]:
+    """Parse, bound, route and score a whole batch, on a scoring thread: its parsing and
+    rendering alone can take longer than the event loop may stall."""
+    queries = _batch_queries(shared, own)
+    _check_work([q.k for q in queries], field)
+    routed = [snapshot.route(q.user_id) for q in queries]
+    groups: dict[int, list[int]] = {}
+    for index, (model, _) in enumerate(routed):
+        if model is None:
+            raise RequestError("no_model", "no model is loaded yet", 503)
+        groups.setdefault(id(model), []).append(index)
+    ranked: dict[int, Ranked] = {}
+    for indices in groups.values():
+        model = routed[indices[0]][0]
+        assert model is not None
+        try:
+            answers = model.recommend_many([queries[i] for i in indices])
+        except ArtifactError as exc:
+            raise RequestError("no_catalog", str(exc)) from exc
+        ranked.update(zip(indices, answers, strict=True))
+    out: list[Scored] = []
+    for index, ((model, cohort), query) in enumerate(zip(routed, queries, strict=True)):
+        assert model is not None
+        r = ranked[index]
+        out.append((model, cohort, query, r, _items(model, r.item_ids, r.scores)))
+    return out
+
+
+def _encode_results(results: list[dict[str, Any]]) -> bytes:
+    """The batch's JSON one result at a time: json holds the GIL for a whole call, and one
+    call over a large batch would hold the event loop as long."""
+    return b'{"results": [' + b", ".join(json.dumps(r).encode() for r in results) + b"]}"
 
 
 async def recommendations_batch(request: web.Request) -> web.Response:
@@ -218,27 +312,27 @@ async def recommendations_batch(request: web.Request) -> web.Response:
         items = body["requests"]
         if not isinstance(items, list) or not all(isinstance(r, dict) for r in items):
             raise RequestError("invalid_batch", "requests must be a list of objects")
-        requests = [{**shared, **r} for r in items]
+        own = items
     elif "user_ids" in body:
         users = body["user_ids"]
         if not isinstance(users, list):
             raise RequestError("invalid_batch", "user_ids must be a list")
-        requests = [{**shared, "user_id": u} for u in users]
+        own = [{"user_id": u} for u in users]
     else:
         raise RequestError("invalid_batch", "send requests: [...] or user_ids: [...]")
-    if not 1 <= len(requests) <= MAX_BATCH:
+    if not 1 <= len(own) <= MAX_BATCH:
         raise RequestError("invalid_batch", f"a batch holds 1 to {MAX_BATCH} users")
     snapshot = request.app[REGISTRY].snapshot
+    scoring = request.app[SCORING]
+    field = "requests" if "requests" in body else "user_ids"
+    scored = await scoring.run(_score_batch, snapshot, shared, own, field, weight=len(own))
     results = []
-    for index, options in enumerate(requests):
-        try:
-            results.append(_recommend_one(request, snapshot, options))
-        except RequestError as exc:
-            if exc.status != 400:
-                raise
-            raise RequestError(exc.code, f"requests[{index}]: {exc.message}") from exc
+    for start in range(0, len(scored), 100):
+        results += [_respond(request, *one) for one in scored[start : start + 100]]
+        await asyncio.sleep(0)  # a thousand answers recorded at once would stall the loop
     request["labels"] = ("mixed", "mixed")
-    return web.json_response({"results": results})
+    payload = await scoring.run(_encode_results, results, weight=0)
+    return web.Response(body=payload, content_type="application/json")
 
 
 async def similar_items(request: web.Request) -> web.Response:
@@ -250,7 +344,7 @@ async def similar_items(request: web.Request) -> web.Response:
     if model is None:
         raise RequestError("no_model", "no model is loaded yet", 503)
     request["labels"] = (model.version, cohort)
-    ranked = model.similar(item_id, k)
+    ranked = await request.app[SCORING].run(model.similar, item_id, k)
     if ranked is None:
         raise RequestError("unknown_item", f"item {item_id!r} is not in model {model.version}", 404)
     return web.json_response(
@@ -289,7 +383,8 @@ async def guide_query(request: web.Request) -> web.Response:
         raise RequestError("no_model", "no model is loaded yet", 503)
     request["labels"] = (model.version, cohort)
     try:
-        answer = guide(model, query, user_id, k, _filters(body) or Filters())
+        filters = _filters(body) or Filters()
+        answer = await request.app[SCORING].run(guide, model, query, user_id, k, filters)
     except QueryError as exc:
         raise RequestError("invalid_query", str(exc)) from exc
     return web.json_response({**answer, "cohort": cohort})
@@ -348,6 +443,10 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     except RequestError as exc:
         request.app[METRICS].errors.labels(endpoint, exc.code).inc()
         response = _error(exc.status, exc.code, exc.message)
+    except OverloadedError as exc:
+        request.app[METRICS].errors.labels(endpoint, "overloaded").inc()
+        response = _error(503, "overloaded", str(exc))
+        response.headers["Retry-After"] = str(exc.retry_after_seconds)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -410,15 +509,17 @@ def build_app(
     served_capacity: int = 200_000,
     reload_interval: float = 2.0,
     metrics_address: tuple[str, int] | None = None,
+    scoring: ScoringConfig | None = None,
 ) -> web.Application:
     """The server. With `metrics_address` (host, port), /metrics answers there only, on a
     port of its own that a NetworkPolicy can open to scrapers and close to shoppers; without
-    it, on the serving port."""
+    it, on the serving port. `scoring`: threads, batching and queue bound (batcher.py)."""
     app = web.Application(middlewares=[errors_and_metrics], client_max_size=MAX_BODY_BYTES)
     app[REGISTRY] = registry
     app[METRICS] = metrics or ServerMetrics()
     app[SERVED] = ServedLog(served_capacity)
     app[STATE] = {}
+    app[SCORING] = Scoring(scoring)
     server_metrics = app[METRICS]
     registry.subscribe(lambda snapshot: _publish(server_metrics, snapshot))
     app.router.add_get("/v1/recommendations", recommendations_get)
@@ -441,9 +542,15 @@ def build_app(
         yield
         task.cancel()
 
+    async def scoring_threads(app: web.Application) -> AsyncIterator[None]:
+        await app[SCORING].start()
+        yield
+        app[SCORING].close()
+
     async def drain(app: web.Application) -> None:
         app[STATE]["draining"] = True
 
+    app.cleanup_ctx.append(scoring_threads)
     app.cleanup_ctx.append(start_watching)
     app.on_shutdown.append(drain)
     return app

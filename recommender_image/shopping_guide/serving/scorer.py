@@ -105,6 +105,48 @@ class _RowFilter:
         return _Row(self.rows[row])
 
 
+_CandidateKey = tuple[tuple[str, ...] | None, Filters | None]
+
+
+@dataclass
+class _Scored:
+    """A query on the batched path: where its answer goes, its user's vector, and what it
+    already has (None: seen items may come back)."""
+
+    position: int
+    vector: FloatArray
+    seen: IntArray | None
+    strategy: Strategy
+    unknown: list[str]
+
+
+class _Shared:
+    """What the queries of one call may share, built once: the candidate mask of an
+    allow-list or filter, and the history and factors folded in from the same recent items
+    (a batch repeats its shared fields for every user)."""
+
+    def __init__(self) -> None:
+        self._masks: dict[_CandidateKey, npt.NDArray[np.bool_] | None] = {}
+        self._folded: dict[tuple[str, ...], tuple[sp.csr_matrix, list[str], FloatArray | None]]
+        self._folded = {}
+
+    def mask(
+        self, model: ServingModel, allow: tuple[str, ...] | None, filters: Filters | None
+    ) -> npt.NDArray[np.bool_] | None:
+        key = (allow, filters)
+        if key not in self._masks:
+            self._masks[key] = model.candidates(allow, filters)
+        return self._masks[key]
+
+    def folded(
+        self, model: ServingModel, recent: tuple[str, ...]
+    ) -> tuple[sp.csr_matrix, list[str], FloatArray | None]:
+        if recent not in self._folded:
+            row, unknown = model._row_from_items(recent)
+            self._folded[recent] = row, unknown, model._user_vector(None, row)
+        return self._folded[recent]
+
+
 def _top(scores: FloatArray, k: int) -> IntArray:
     """Indices of the k best finite scores, best first."""
     finite = np.isfinite(scores)
@@ -218,38 +260,49 @@ class ServingModel:
     def recommend_many(self, queries: Sequence[Query]) -> list[Ranked]:
         """Each query's answer, the same as if it were scored alone.
 
-        Known users of a factor model, without an allow-list or catalogue filter, are scored
-        together: one matrix product (or one multi-query ANN search), with each user's seen and
-        excluded items left out inside the same top-k. The rest one by one: users folded in
-        from recent items, the popular fallback, candidate masks, item-KNN and hybrid models.
+        The users of a factor model, known or folded in from recent items, are scored
+        together: one matrix product (or, for known users without candidates, one multi-query
+        ANN search) per allow-list and filter they share, with each user's seen and excluded
+        items left out inside the same top-k; with an allow-list or filter only the candidate
+        items are scored at all. The rest one by one: the popular fallback, item-KNN and
+        hybrid models.
         """
         users = self.users.lookup([q.user_id for q in queries])
         out: list[Ranked | None] = [None] * len(queries)
-        together: list[int] = []
-        masks: dict[tuple[tuple[str, ...] | None, Filters | None], npt.NDArray[np.bool_] | None]
-        masks = {}
+        shared = _Shared()
+        together: dict[tuple[_CandidateKey | None, bool], list[_Scored]] = {}
+        factors = self.model.user_factors if self._factors_only else None
         for position, (query, user) in enumerate(zip(queries, users, strict=True)):
-            if user >= 0 and self._factors_only and not query.has_candidates:
-                together.append(position)
-            else:
-                out[position] = self._recommend_alone(query, int(user), masks)
-        if together:
-            chosen = [queries[p] for p in together]
-            rows = users[together]
-            blocked = [
-                self._blocked(q, self._seen(int(u)) if q.exclude_seen else None)
-                for q, u in zip(chosen, rows, strict=True)
-            ]
-            assert self.model.user_factors is not None
-            vectors = self.model.user_factors[rows]
+            one = None
+            if factors is not None and user >= 0:
+                seen = self._seen(int(user)) if query.exclude_seen else None
+                one = _Scored(position, factors[user], seen, "personalized", [])
+            elif factors is not None:
+                row, unknown, vector = shared.folded(self, query.recent_items)
+                if vector is not None:
+                    seen = row.indices.astype(np.int64) if query.exclude_seen else None
+                    one = _Scored(position, vector, seen, "fold_in", unknown)
+            if one is None:
+                out[position] = self._recommend_alone(query, int(user), shared)
+                continue
+            key = (query.allow, query.filters) if query.has_candidates else None
+            # The ANN index answers known users only, as it always has; folded-in ones exactly.
+            approximate = key is None and self.ann is not None and one.strategy == "personalized"
+            together.setdefault((key, approximate), []).append(one)
+        for (key, approximate), group in together.items():
+            chosen = [queries[one.position] for one in group]
+            blocked = [self._blocked(q, one.seen) for q, one in zip(chosen, group, strict=True)]
+            vectors = np.stack([one.vector for one in group])
             ks = [q.k for q in chosen]
-            found = (
-                self._ann_rows(vectors, ks, blocked)
-                if self.ann is not None
-                else self._exact_rows(vectors, ks, blocked)
-            )
-            for position, (ids, scores) in zip(together, found, strict=True):
-                out[position] = Ranked(self._names(ids), scores.tolist(), "personalized")
+            if key is not None:
+                found = self._exact_within(shared.mask(self, *key), vectors, ks, blocked)
+            elif approximate:
+                found = self._ann_rows(vectors, ks, blocked)
+            else:
+                found = self._exact_rows(vectors, ks, blocked)
+            for one, (ids, scores) in zip(group, found, strict=True):
+                ranked = Ranked(self._names(ids), scores.tolist(), one.strategy, one.unknown)
+                out[one.position] = ranked
         return [r for r in out if r is not None]
 
     def _seen(self, user: int) -> IntArray:
@@ -265,33 +318,18 @@ class ServingModel:
             return excluded
         return np.concatenate([seen, excluded]) if len(excluded) else seen
 
-    def _recommend_alone(
-        self,
-        query: Query,
-        user: int,
-        masks: dict[tuple[tuple[str, ...] | None, Filters | None], npt.NDArray[np.bool_] | None],
-    ) -> Ranked:
+    def _recommend_alone(self, query: Query, user: int, shared: _Shared) -> Ranked:
         strategy: Strategy = "personalized"
         unknown: list[str] = []
         if user >= 0:
             row = self._history_row(user)
+            vector = self._user_vector(user, row)
         else:
-            row, unknown = self._row_from_items(query.recent_items)
+            row, unknown, vector = shared.folded(self, query.recent_items)
             strategy = "fold_in"
-        key = (query.allow, query.filters)
-        if key not in masks:  # a batch that shares one allow-list builds its mask once
-            masks[key] = self.candidates(query.allow, query.filters)
-        candidates = masks[key]
-        vector = self._user_vector(user if user >= 0 else None, row)
-        hybrid = self.model.content_similarity is not None and self.model.content_weight > 0
+        candidates = shared.mask(self, query.allow, query.filters)
         seen = row.indices.astype(np.int64) if query.exclude_seen else None
         blocked = self._blocked(query, seen)
-
-        if vector is not None and candidates is None and not hybrid:
-            # A user folded in (known users of factor models are scored in `recommend_many`).
-            [(ids, scores)] = self._exact_rows(vector.reshape(1, -1), [query.k], [blocked])
-            return Ranked(self._names(ids), scores.tolist(), strategy, unknown)
-
         scores_all = self._dense_scores(vector, row)
         if scores_all is None:
             strategy = "popular"
@@ -328,12 +366,17 @@ class ServingModel:
         return mask
 
     def _exact_rows(
-        self, vectors: FloatArray, ks: Sequence[int], blocked: Sequence[IntArray]
+        self,
+        vectors: FloatArray,
+        ks: Sequence[int],
+        blocked: Sequence[IntArray],
+        items: FloatArray | None = None,
     ) -> list[tuple[IntArray, FloatArray]]:
-        """Exact top-k for each row of `vectors`, in one native top-k per distinct k."""
+        """Exact top-k for each row of `vectors` over `items` (default: all the item factors),
+        in one native top-k per distinct k."""
         from implicit.cpu.topk import topk
 
-        items = self.model.item_factors
+        items = self.model.item_factors if items is None else items
         assert items is not None
         out: list[tuple[IntArray, FloatArray]] = [(np.empty(0, np.int64), np.empty(0, np.float32))]
         out *= len(ks)
@@ -354,6 +397,26 @@ class ServingModel:
                 keep = scores[j] > floor
                 out[row] = ids[j][keep].astype(np.int64), scores[j][keep]
         return out
+
+    def _exact_within(
+        self,
+        candidates: npt.NDArray[np.bool_] | None,
+        vectors: FloatArray,
+        ks: Sequence[int],
+        blocked: Sequence[IntArray],
+    ) -> list[tuple[IntArray, FloatArray]]:
+        """Exact top-k among the candidate items only: a 5,000-item allow-list scores 5,000
+        items per user, not the whole catalogue."""
+        assert self.model.item_factors is not None and candidates is not None
+        chosen = np.flatnonzero(candidates)
+        if not len(chosen):
+            return [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in ks]
+        local = []
+        for items in blocked:  # blocked items, as positions among the candidates
+            at = np.minimum(np.searchsorted(chosen, items), len(chosen) - 1)
+            local.append(at[chosen[at] == items].astype(np.int64))
+        found = self._exact_rows(vectors, ks, local, self.model.item_factors[chosen])
+        return [(chosen[ids], scores) for ids, scores in found]
 
     def _ann_rows(
         self, vectors: FloatArray, ks: Sequence[int], blocked: Sequence[IntArray]
