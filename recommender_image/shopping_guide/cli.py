@@ -295,7 +295,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--scoring-threads",
         type=int,
         default=None,
-        help="threads that score requests (default: one per CPU this process may use)",
+        help="threads that score requests (default: one fewer than the CPUs, at least one)",
     )
     scoring.add_argument(
         "--no-batching",

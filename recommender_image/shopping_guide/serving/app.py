@@ -33,6 +33,7 @@ MAX_ID_LENGTH = 256
 MAX_BODY_BYTES = 1 << 20
 # Rows of top-k one request may ask for (users x k): bounds its time and its response size.
 MAX_SCORED_ROWS = 100_000
+BATCH_PART = 100  # users of a batch request scored in one go
 FEEDBACK_EVENTS = ("click", "cart", "purchase")
 
 # Paths whose requests are counted and timed, by the metric label they get.
@@ -269,13 +270,8 @@ def _batch_queries(shared: dict[str, Any], own: list[dict[str, Any]]) -> list[Qu
     return queries
 
 
-def _score_batch(
-    snapshot: Snapshot, shared: dict[str, Any], own: list[dict[str, Any]], field: str
-) -> list[Scored]:
-    """Parse, bound, route and score a whole batch, on a scoring thread: its parsing and
-    rendering alone can take longer than the event loop may stall."""
-    queries = _batch_queries(shared, own)
-    _check_work([q.k for q in queries], field)
+def _score_part(snapshot: Snapshot, queries: list[Query]) -> list[Scored]:
+    """Route and score part of a batch, and render its items (on a scoring thread)."""
     routed = [snapshot.route(q.user_id) for q in queries]
     groups: dict[int, list[int]] = {}
     for index, (model, _) in enumerate(routed):
@@ -325,7 +321,15 @@ async def recommendations_batch(request: web.Request) -> web.Response:
     snapshot = request.app[REGISTRY].snapshot
     scoring = request.app[SCORING]
     field = "requests" if "requests" in body else "user_ids"
-    scored = await scoring.run(_score_batch, snapshot, shared, own, field, weight=len(own))
+    scored: list[Scored] = []
+    with scoring.reserve(len(own)):
+        # Parsing alone can take longer than the event loop may stall: on a scoring thread.
+        queries = await scoring.run(_batch_queries, shared, own, weight=0)
+        _check_work([q.k for q in queries], field)
+        # In parts, so that requests scored meanwhile wait for one part, not the batch.
+        for start in range(0, len(queries), BATCH_PART):
+            part = queries[start : start + BATCH_PART]
+            scored += await scoring.run(_score_part, snapshot, part, weight=0)
     results = []
     for start in range(0, len(scored), 100):
         results += [_respond(request, *one) for one in scored[start : start + 100]]

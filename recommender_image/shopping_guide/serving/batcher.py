@@ -23,8 +23,9 @@ import asyncio
 import functools
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -34,8 +35,12 @@ T = TypeVar("T")
 
 
 def default_threads() -> int:
-    """One scoring thread per CPU this process may run on (the event loop shares them)."""
-    return max(1, len(os.sched_getaffinity(0)))
+    """One CPU for the event loop, the others for scoring threads (at least one).
+
+    Scoring one batch is memory-bound: on two CPUs a second scoring thread competes with the
+    first for memory bandwidth and with the event loop for CPU, and serves fewer requests
+    per second at a higher latency than one thread does."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 @dataclass(frozen=True)
@@ -145,11 +150,17 @@ class Scoring:
 
     async def run(self, fn: Callable[..., T], *args: Any, weight: int = 1) -> T:
         """`fn(*args)` on a scoring thread; `weight` is the number of users it scores (0: work
-        that finishes an admitted request, never refused)."""
-        self._admit(weight)
-        try:
+        of a request already admitted, see `reserve`)."""
+        with self.reserve(weight):
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    @contextmanager
+    def reserve(self, weight: int) -> Iterator[None]:
+        """Admit `weight` users of work for the block, or refuse them (OverloadedError)."""
+        self._admit(weight)
+        try:
+            yield
         finally:
             self.queued -= weight
 
