@@ -19,6 +19,7 @@ SUITES = {
 def main() -> int:
     wanted = os.environ.get("BENCH_SUITES", ",".join(SUITES)).split(",")
     report: dict[str, Any] = {}
+    failed = False
     for name in wanted:
         done = subprocess.run(
             [sys.executable, "-m", SUITES[name]],
@@ -28,12 +29,14 @@ def main() -> int:
             env={**os.environ, "PYTHONWARNINGS": "ignore"},
         )
         if done.returncode != 0:
+            # A benchmark that cannot run (a missing tool) fails `make bench`, not a null.
             report[name] = {"error": done.stderr.strip().splitlines()[-1:] or ["failed"]}
+            failed = True
             continue
         report[name] = json.loads(done.stdout)
     json.dump(report, sys.stdout, indent=2)
     print()
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,13 +1,23 @@
-"""Serving benchmark: one user's top-10 in process, over HTTP, and memory; prints JSON.
+"""Serving benchmark: scoring in process, the server over HTTP with batching on and off, and
+memory; prints JSON.
 
-In process, at 100k and 1M items (64 float32 factors, already-liked items filtered), over the
-same 2,000 random users: the server's exact scorer, its approximate index, implicit's own
-`recommend`, and a numpy brute force. Over HTTP, at 100k items: the highest request rate one
-server process sustains (wrk, closed loop), then p50/p99 latency from an open-loop client at
-half that rate. Memory: the server's resident size with two versions loaded beside the size of
-their artifacts on disk.
+Synthetic models (64 float32 factors, 20,000 users with 20 liked items each, filtered from
+their answers) at each size of SERVING_BENCH_ITEMS (comma-separated, default 100000,1000000);
+from 200,000 items the server answers from its HNSW index, as it does in production.
 
-Sizes: SERVING_BENCH_ITEMS (comma-separated), default 100000,1000000.
+In process, per size: one user's top-10 (p50/p99) through the server's exact scorer, its ANN
+index, implicit's own `recommend` and a numpy brute force; the server's batched path
+(`recommend_many`, one scoring thread); and the physical reference, the same top-k for many
+users at once on every core: implicit's native batched top-k (exact) or faiss's multi-query
+search (ANN).
+
+Over HTTP, per size, one server process (every CPU of this machine, shared with the load
+generators), first with --no-batching (each request scored alone: the per-request path), then
+with batching, in the same run: the highest rate it sustains (wrk, closed loop, random known
+users, CONNECTIONS connections), with the CPU time its event loop and its scoring threads spent
+per request; then latency under open-loop Poisson load (benchmarks/load.py) at fractions of
+that maximum, and at one low rate common to both. The summary gives the ratios the serving
+targets are stated in (batching over the per-request path, and over the physical bound).
 """
 
 from __future__ import annotations
@@ -23,23 +33,39 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
+from benchmarks.load import open_loop
+from shopping_guide.ann import AnnIndex
 from shopping_guide.artifacts import ModelStore
 from shopping_guide.model import Model
-from shopping_guide.serving.scorer import ServingModel
+from shopping_guide.serving.scorer import Query, ServingModel
 
 FACTORS = 64
 USERS = 20_000
 HISTORY = 20
-CALLS = 2_000
+K = 10
+ANN_FROM = 200_000  # the server's default --ann-min-items
+CONNECTIONS = 128
+WRK_SECONDS = 10
+OPEN_LOOP_SECONDS = 8
+LUA = Path(__file__).with_name("random_users.lua")
+LOW = "low (10% of the per-request maximum)"
 
 
-def synthetic_store(root: Path, n_items: int, seed: int) -> str:
+def cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def synthetic_store(root: Path, n_items: int, seed: int, ann: bool = False) -> tuple[str, float]:
+    """A stored version; with `ann`, its HNSW index built and stored as the trainer does.
+    Returns the version and the index's build time (0 without one)."""
     rng = np.random.default_rng(seed)
     # Popular items get larger factors, as trained models show.
     scale = (1.0 / np.sqrt(1 + np.arange(n_items) / 1000)).astype(np.float32)[:, None]
@@ -50,75 +76,120 @@ def synthetic_store(root: Path, n_items: int, seed: int) -> str:
     history = sp.csr_matrix((np.ones(rows.size, np.float32), (rows, cols.ravel())),
                             shape=(USERS, n_items))  # fmt: skip
     model = Model.from_factors("als", {"regularization": 0.01, "alpha": 1.0}, users, items, history)
+    build = 0.0
+    if ann:
+        started = time.perf_counter()
+        model.ann_index = AnnIndex.build(items).to_bytes()
+        build = time.perf_counter() - started
     user_ids = np.array([f"u{i}" for i in range(USERS)])
     item_ids = np.array([f"i{i}" for i in range(n_items)])
-    return ModelStore(root).write(model, user_ids, item_ids, {}, f"v-bench-{n_items}-{seed}")[0]
+    version = f"v-bench-{n_items}-{seed}"
+    return ModelStore(root).write(model, user_ids, item_ids, {}, version)[0], build
 
 
-def percentiles(seconds: list[float]) -> dict[str, float]:
+def percentiles(seconds: list[float] | np.ndarray) -> dict[str, float]:
     ms = np.asarray(seconds) * 1000
+    if not len(ms):
+        return {"p50_ms": float("nan"), "p99_ms": float("nan")}
     return {"p50_ms": round(float(np.percentile(ms, 50)), 3),
             "p99_ms": round(float(np.percentile(ms, 99)), 3)}  # fmt: skip
 
 
-def in_process(root: Path, n_items: int) -> dict[str, Any]:
+# In process ------------------------------------------------------------------------------
+def in_process(root: Path, version: str, n_items: int, ann_build: float) -> dict[str, Any]:
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    version = synthetic_store(root, n_items, 0)
     loaded = ModelStore(root).load(version)
+    served = ServingModel(loaded)  # as the server builds it: with its index from ANN_FROM
+    index = loaded.model.ann_index
+    loaded.model.ann_index = None
     exact = ServingModel(loaded, ann_min_items=None)
-    started = time.perf_counter()
-    approx = ServingModel(loaded, ann_min_items=0)
-    ann_build = time.perf_counter() - started
+    loaded.model.ann_index = index
+    approx = served if served.ann is not None else None
     model = loaded.model
     assert model.user_factors is not None and model.item_factors is not None
+    calls = min(2_000, 200_000_000 // n_items)
     rng = np.random.default_rng(1)
-    users = rng.integers(0, USERS, CALLS)
+    users = rng.integers(0, USERS, calls)
     history = model.user_items
-
-    als = AlternatingLeastSquares(factors=FACTORS)
+    als = AlternatingLeastSquares(factors=FACTORS, num_threads=1)
     als.user_factors, als.item_factors = model.user_factors, model.item_factors
 
     def brute(u: int) -> np.ndarray:
         scores = model.item_factors @ model.user_factors[u]  # type: ignore[index]
         scores[history.indices[history.indptr[u] : history.indptr[u + 1]]] = -np.inf
-        top = np.argpartition(-scores, 9)[:10]
+        top = np.argpartition(-scores, K - 1)[:K]
         return top[np.argsort(-scores[top])]
 
-    runs = {
-        "server_exact": lambda u: exact.recommend(f"u{u}", 10),
-        "server_ann": lambda u: approx.recommend(f"u{u}", 10),
-        "implicit_recommend": lambda u: als.recommend(u, history[u], N=10),
+    runs: dict[str, Any] = {
+        "server_exact": lambda u: exact.recommend(f"u{u}", K),
+        "implicit_recommend": lambda u: als.recommend(u, history[u], N=K),
         "numpy_brute_force": brute,
     }
-    out: dict[str, Any] = {"items": n_items, "calls": CALLS}
+    if approx is not None:
+        runs["server_ann"] = lambda u: approx.recommend(f"u{u}", K)
+    out: dict[str, Any] = {"items": n_items, "calls": calls, "one_user_top10": {}}
     with threadpool_limits(1, "blas"):
         for name, call in runs.items():
-            for u in users[:50]:
+            for u in users[:20]:
                 call(int(u))  # warm caches
             times = []
             for u in users:
                 t0 = time.perf_counter()
                 call(int(u))
                 times.append(time.perf_counter() - t0)
-            out[name] = percentiles(times)
+            out["one_user_top10"][name] = percentiles(times)
+        # The server's batched path on one thread, as one scoring thread runs it.
+        batch = [Query(f"u{u}", K) for u in users[:64]]
+        served.recommend_many(batch)
+        rounds = max(3, calls // 64)
+        t0 = time.perf_counter()
+        for start in range(rounds):
+            served.recommend_many([Query(f"u{(u + start) % USERS}", K) for u in users[:64]])
+        out["server_batched_64_users_per_second_one_thread"] = round(
+            rounds * 64 / (time.perf_counter() - t0)
+        )
+    if approx is not None:
         hits = 0
         for u in users[:500]:
-            want = set(exact.recommend(f"u{u}", 10).item_ids)
-            hits += len(want & set(approx.recommend(f"u{u}", 10).item_ids))
-    assert approx.ann is not None
-    out["server_ann"] |= {
-        "index": "faiss HNSW, inner product, efSearch 128",
-        "recall_at_10": round(hits / (500 * 10), 4),
-        "build_seconds": round(ann_build, 2),
-    }
+            want = set(exact.recommend(f"u{u}", K).item_ids)
+            hits += len(want & set(approx.recommend(f"u{u}", K).item_ids))
+        out["one_user_top10"]["server_ann"] |= {
+            "index": "faiss HNSW, inner product, efSearch 128",
+            "recall_at_10": round(hits / (500 * K), 4),
+            "build_seconds": round(ann_build, 2),
+        }
+    # The physical reference: the same scoring for many users at once, on every core.
+    many = rng.integers(0, USERS, 4_000 if approx is None else 20_000)
+    if approx is None:
+        als.num_threads = cpus()
+        with threadpool_limits(1, "blas"):  # as implicit advises: it parallelises itself
+            als.recommend(many[:200], history[many[:200]], N=K)
+            t0 = time.perf_counter()
+            als.recommend(many, history[many], N=K)
+        bound: dict[str, Any] = {
+            "reference": "implicit ALS recommend for all users at once (its native batched "
+            "top-k, seen items filtered), every core"
+        }
+    else:
+        assert approx.ann is not None
+        vectors = np.ascontiguousarray(model.user_factors[many])
+        approx.ann.search_many(vectors[:200], K + HISTORY)
+        t0 = time.perf_counter()
+        approx.ann.search_many(vectors, K + HISTORY)  # what the server asks: k + seen items
+        bound = {"reference": "faiss HNSW multi-query search, every core, k + seen items"}
+    bound["users_per_second"] = round(len(many) / (time.perf_counter() - t0))
+    out["bound"] = bound
     return out
 
 
-def _wait_ready(url: str, timeout: float = 120) -> None:
+# Over HTTP -------------------------------------------------------------------------------
+def _wait_ready(url: str, server: subprocess.Popen[bytes], timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit("the server exited before it was ready")
         try:
             with urllib.request.urlopen(url + "/readyz", timeout=2) as response:
                 if response.status == 200:
@@ -129,80 +200,159 @@ def _wait_ready(url: str, timeout: float = 120) -> None:
     raise SystemExit("server did not become ready")
 
 
-async def open_loop(url: str, rate: float, seconds: float) -> list[float]:
-    """Requests sent on a fixed schedule, whatever the responses do (no coordinated omission)."""
-    import aiohttp
-
-    latencies: list[float] = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
-
-        async def one(n: int, scheduled: float) -> None:
-            async with session.get(f"{url}/v1/recommendations?user_id=u{n % USERS}&k=10") as r:
-                await r.read()
-            latencies.append(time.perf_counter() - scheduled)
-
-        tasks = []
-        start = time.perf_counter()
-        n = 0
-        while (now := time.perf_counter()) - start < seconds:
-            due = start + n / rate
-            if due > now:
-                await asyncio.sleep(due - now)
-            tasks.append(asyncio.create_task(one(n, due)))
-            n += 1
-        await asyncio.gather(*tasks)
-    return latencies
-
-
-def over_http(root: Path) -> dict[str, Any]:
-    stable = synthetic_store(root, 100_000, 0)
-    canary = synthetic_store(root, 100_000, 1)
-    routing = root / "routing.json"
-    document = {"stable": stable, "canary": canary, "canaryWeightBasisPoints": 5000,
-                "salt": "b", "generation": 1}  # fmt: skip
-    routing.write_text(json.dumps(document))
-    port = 18_000 + os.getpid() % 1000
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OPENBLAS_NUM_THREADS": "1"}
+@contextmanager
+def _server(root: Path, routing: Path, port: int, *flags: str) -> Iterator[int]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     server = subprocess.Popen(
         [sys.executable, "-m", "shopping_guide.cli", "serve", "--model-store", str(root),
-         "--routing", str(routing), "--host", "127.0.0.1", "--port", str(port)],
+         "--routing", str(routing), "--host", "127.0.0.1", "--port", str(port), *flags],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        _wait_ready(url)
-        rss_mb = int(Path(f"/proc/{server.pid}/status").read_text().split("VmRSS:")[1].split()[0])
-        disk = sum(p.stat().st_size for v in (stable, canary) for p in (root / v).iterdir())
-        out: dict[str, Any] = {
-            "items": 100_000,
-            "memory": {"rss_mb_two_versions": round(rss_mb / 1024, 1),
-                       "artifacts_mb_on_disk": round(disk / 1e6, 1)},
-        }  # fmt: skip
-        target = f"{url}/v1/recommendations?user_id=u42&k=10"
-        if shutil.which("wrk"):
-            done = subprocess.run(["wrk", "-t1", "-c16", "-d10s", target],
-                                  capture_output=True, text=True, check=True)  # fmt: skip
-            rps = float(re.search(r"Requests/sec:\s+([\d.]+)", done.stdout).group(1))  # type: ignore[union-attr]
-            out["max_rps"] = {"tool": "wrk -t1 -c16 -d10s", "requests_per_second": round(rps)}
-        else:
-            rps = 500.0
-            out["max_rps"] = {"tool": "none (wrk not installed)", "requests_per_second": None}
-        latencies = asyncio.run(open_loop(url, rps / 2, 10.0))
-        out["at_half_max_rate"] = {"rate": round(rps / 2), "requests": len(latencies),
-                                   **percentiles(latencies)}  # fmt: skip
-        return out
+        _wait_ready(f"http://127.0.0.1:{port}", server)
+        yield server.pid
     finally:
         server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+        server.wait(timeout=60)
+
+
+def _thread_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds so far of the main thread (the event loop) and of all the others."""
+    tick = os.sysconf("SC_CLK_TCK")
+    main = others = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a thread that just ended
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        if int(task.name) == pid:
+            main += seconds
+        else:
+            others += seconds
+    return main, others
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
+
+
+def closed_loop_max(port: int, pid: int) -> dict[str, Any]:
+    """wrk at CONNECTIONS connections: the most requests per second, and where the CPU went."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("wrk is not installed: hack/install-deps.sh installs it")
+    url = f"http://127.0.0.1:{port}/"
+    env = {**os.environ, "BENCH_USERS": str(USERS), "BENCH_K": str(K)}
+    base = [wrk, "-t1", f"-c{CONNECTIONS}", "-s", str(LUA), "--latency"]
+    subprocess.run([*base, "-d3s", url], capture_output=True, check=True, env=env)  # warm up
+    before = _thread_cpu(pid)
+    done = subprocess.run([*base, f"-d{WRK_SECONDS}s", url],
+                          capture_output=True, text=True, check=True, env=env)  # fmt: skip
+    after = _thread_cpu(pid)
+    text = done.stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]
+    failed = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                       text)  # fmt: skip
+    latency = dict(re.findall(r"^\s+(50|99)(?:\.000)?%\s+(\S+)\s*$", text, re.M))
+    return {
+        "tool": f"wrk -t1 -c{CONNECTIONS} -d{WRK_SECONDS}s, random known users",
+        "requests_per_second": round(rps),
+        "p50_ms": round(_ms(latency["50"]), 3),
+        "p99_ms": round(_ms(latency["99"]), 3),
+        "errors": (int(failed.group(1)) if failed else 0)
+        + (sum(int(g) for g in socket.groups()) if socket else 0),
+        "cpu_ms_per_request": {
+            "event_loop": round((after[0] - before[0]) * 1000 / total, 3),
+            "scoring_threads": round((after[1] - before[1]) * 1000 / total, 3),
+        },
+    }
+
+
+def open_loop_at(port: int, rate: float) -> dict[str, Any]:
+    def request(n: int) -> bytes:
+        user = (n * 7919) % USERS
+        return (f"GET /v1/recommendations?user_id=u{user}&k={K} HTTP/1.1\r\n"
+                "Host: bench\r\n\r\n").encode()  # fmt: skip
+
+    outcome = asyncio.run(open_loop("127.0.0.1", port, request, rate, OPEN_LOOP_SECONDS))
+    return {
+        "rate": round(rate),
+        "requests": len(outcome.latencies),
+        "errors": outcome.errors,
+        **percentiles(outcome.latencies),
+        # How far behind its schedule the generator itself sent (it shares the CPUs).
+        "send_lag_p99_ms": percentiles(outcome.late_sends)["p99_ms"],
+    }
+
+
+def over_http(root: Path, n_items: int, versions: list[str], bound: float) -> dict[str, Any]:
+    routing = root / "routing.json"
+    # Two versions loaded (a canary at weight 0), all traffic on the stable one.
+    document = {"stable": versions[0], "canary": versions[1] if len(versions) > 1 else None,
+                "canaryWeightBasisPoints": 0, "salt": "b", "generation": 1}  # fmt: skip
+    routing.write_text(json.dumps(document))
+    port = 18_000 + os.getpid() % 1000
+    out: dict[str, Any] = {"items": n_items, "cpus": cpus(), "versions_loaded": len(versions)}
+    modes = {"no_batching": ["--no-batching"], "batching": []}
+    low_rate = 0.0
+    for mode, flags in modes.items():
+        with _server(root, routing, port, *flags) as pid:
+            if "memory" not in out:
+                rss_kb = int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0])
+                disk = sum(p.stat().st_size for v in versions for p in (root / v).iterdir())
+                out["memory"] = {"rss_mb": round(rss_kb / 1024, 1),
+                                 "artifacts_mb_on_disk": round(disk / 1e6, 1)}  # fmt: skip
+            result: dict[str, Any] = {"max": closed_loop_max(port, pid)}
+            top = result["max"]["requests_per_second"]
+            low_rate = low_rate or 0.1 * top  # the per-request path's 10%: common to both
+            rates = {
+                LOW: low_rate,
+                "50% of this maximum": 0.5 * top,
+                "90% of this maximum": 0.9 * top,
+            }
+            result["open_loop"] = {name: open_loop_at(port, rate) for name, rate in rates.items()}
+            out[mode] = result
+    on, off = out["batching"], out["no_batching"]
+    out["summary"] = {
+        "max_rps_batching": on["max"]["requests_per_second"],
+        "max_rps_per_request_path": off["max"]["requests_per_second"],
+        "batching_over_per_request": round(
+            on["max"]["requests_per_second"] / off["max"]["requests_per_second"], 2
+        ),
+        "bound_users_per_second": bound,
+        "batching_over_bound": round(on["max"]["requests_per_second"] / bound, 2),
+        "per_request_over_bound": round(off["max"]["requests_per_second"] / bound, 2),
+        "recommendations_per_second_per_core": round(on["max"]["requests_per_second"] / cpus()),
+        "p99_ms_at_half_max_batching": on["open_loop"]["50% of this maximum"]["p99_ms"],
+        "p99_ms_low_load": {
+            "batching": on["open_loop"][LOW]["p99_ms"],
+            "per_request": off["open_loop"][LOW]["p99_ms"],
+        },
+    }
+    return out
 
 
 def main() -> int:
     sizes = [int(s) for s in os.environ.get("SERVING_BENCH_ITEMS", "100000,1000000").split(",")]
-    report: dict[str, Any] = {"in_process": [], "http": None}
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: hack/install-deps.sh installs it")
+    report: dict[str, Any] = {"cpus": cpus(), "in_process": [], "http": []}
     with tempfile.TemporaryDirectory(prefix="sg-serving-") as tmp:
         for n_items in sizes:
-            report["in_process"].append(in_process(Path(tmp) / f"s{n_items}", n_items))
-        report["http"] = over_http(Path(tmp) / "http")
+            root = Path(tmp) / f"s{n_items}"
+            version, build = synthetic_store(root, n_items, 0, ann=n_items >= ANN_FROM)
+            measured = in_process(root, version, n_items, build)
+            report["in_process"].append(measured)
+            # A second version beside the first, for memory, where it is cheap to load.
+            versions = [version]
+            if n_items < ANN_FROM:
+                versions.append(synthetic_store(root, n_items, 1)[0])
+            bound = measured["bound"]["users_per_second"]
+            report["http"].append(over_http(root, n_items, versions, bound))
     json.dump(report, sys.stdout, indent=2)
     print()
     return 0

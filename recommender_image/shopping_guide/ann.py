@@ -51,7 +51,14 @@ class AnnIndex:
     def search(
         self, vector: npt.NDArray[np.float32], k: int
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        query = np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32)
-        scores, ids = self.index.search(query, k)
+        ids, scores = self.search_many(vector.reshape(1, -1), k)
         keep = ids[0] >= 0
-        return ids[0][keep].astype(np.int64), scores[0][keep]
+        return ids[0][keep], scores[0][keep]
+
+    def search_many(
+        self, vectors: npt.NDArray[np.float32], k: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """The top k of each row in one call; -1 ids pad a row that found fewer."""
+        query = np.ascontiguousarray(vectors, dtype=np.float32)
+        scores, ids = self.index.search(query, k)
+        return ids.astype(np.int64), scores

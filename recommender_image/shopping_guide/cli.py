@@ -326,6 +326,33 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=20.0,
         help="seconds in-flight requests get to finish once the listener has closed",
     )
+    scoring = p.add_argument_group("scoring (off the event loop; see serving/batcher.py)")
+    scoring.add_argument(
+        "--scoring-threads",
+        type=int,
+        default=None,
+        help="threads that score requests (default: one fewer than the CPUs, at least one)",
+    )
+    scoring.add_argument(
+        "--no-batching",
+        action="store_true",
+        help="score each request on its own instead of batching concurrent ones",
+    )
+    scoring.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=1.0,
+        help="while a batch is scoring, how long a free thread waits for more requests",
+    )
+    scoring.add_argument(
+        "--max-batch", type=int, default=64, help="requests scored together at most"
+    )
+    scoring.add_argument(
+        "--max-queued",
+        type=int,
+        default=2048,
+        help="users waiting to be scored at most; beyond, requests get 503 and Retry-After",
+    )
     p.set_defaults(handler=_run_serve)
 
 
@@ -333,6 +360,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from .artifacts import ModelStore
     from .serving.app import build_app
     from .serving.attribution import Attributor, load_key
+    from .serving.batcher import ScoringConfig, default_threads
     from .serving.lifecycle import serve
     from .serving.metrics import ServerMetrics
     from .serving.registry import Registry
@@ -340,6 +368,16 @@ def _run_serve(args: argparse.Namespace) -> int:
     attributor = None
     if args.attribution_key_file is not None:
         attributor = Attributor(load_key(args.attribution_key_file))
+    try:
+        scoring = ScoringConfig(
+            threads=args.scoring_threads or default_threads(),
+            batching=not args.no_batching,
+            window_seconds=args.batch_window_ms / 1000,
+            max_batch=args.max_batch,
+            max_queued=args.max_queued,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     registry = Registry(
         ModelStore(args.model_store, args.guide),
         args.routing,
@@ -351,6 +389,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         metrics_address=None if args.metrics_port is None else (args.host, args.metrics_port),
         attributor=attributor,
         reload_interval=args.reload_interval,
+        scoring=scoring,
     )
     asyncio.run(
         serve(

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import msgspec
 from aiohttp import hdrs, web
@@ -23,6 +23,7 @@ from ..errors import ArtifactError
 from . import openapi
 from .attribution import Attributor
 from .baskets import complete
+from .batcher import OverloadedError, Scoring, ScoringConfig
 from .decoding import MAX_BODY_BYTES, RequestError, decode_body, decode_query
 from .guide import QueryError, guide, profile
 from .metrics import ServerMetrics
@@ -31,7 +32,6 @@ from .schema import (
     BasketRequest,
     BasketResponse,
     BatchRequest,
-    BatchResponse,
     BoughtTogetherQuery,
     CatalogFilters,
     EmptyQuery,
@@ -54,7 +54,7 @@ from .schema import (
     SourcedItem,
     UserPath,
 )
-from .scorer import Filters, Ranked, ServingModel
+from .scorer import Filters, Query, Ranked, ServingModel
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +73,15 @@ _ENDPOINTS = {
 REGISTRY = web.AppKey("registry", Registry)
 METRICS = web.AppKey("metrics", ServerMetrics)
 ATTRIBUTOR = web.AppKey("attributor", Attributor)
+SCORING = web.AppKey("scoring", Scoring)
 STATE = web.AppKey("state", dict)
 # The (model_version, cohort) a request was served with: the labels of its metrics.
 LABELS = web.RequestKey("labels", tuple[str, str])
 
 _ENCODER = msgspec.json.Encoder()
+# Rows of top-k one request may ask for (users x k): bounds its time and its response size.
+MAX_SCORED_ROWS = 100_000
+BATCH_PART = 100  # users of a batch request scored in one go
 
 
 def _respond(body: msgspec.Struct, status: int = 200) -> web.Response:
@@ -160,24 +164,40 @@ def _items(model: ServingModel, item_ids: list[str], scores: list[float]) -> lis
 
 
 # Handlers --------------------------------------------------------------------------------
-def _score(model: ServingModel, options: RecommendationRequest) -> Ranked:
-    try:
-        return model.recommend(
-            options.user_id, options.k, exclude=options.exclude_items,
-            allow=options.allow_items, exclude_seen=options.exclude_seen,
-            recent_items=options.recent_items, filters=_filters(options.filters),
-        )  # fmt: skip
-    except ArtifactError as exc:
-        raise RequestError("no_catalog", str(exc)) from exc
+def _query(options: RecommendationRequest) -> Query:
+    return Query(
+        user_id=options.user_id,
+        k=options.k,
+        exclude=tuple(options.exclude_items),
+        allow=None if options.allow_items is None else tuple(options.allow_items),
+        exclude_seen=options.exclude_seen,
+        recent_items=tuple(options.recent_items),
+        filters=_filters(options.filters),
+    )
 
 
-def _recommend_one(
-    request: web.Request, snapshot: Snapshot, options: RecommendationRequest
+def _check_work(ks: Sequence[int], field: str) -> None:
+    """The bound on the work of one request: at most MAX_SCORED_ROWS rows of top-k."""
+    rows = sum(ks)
+    if rows > MAX_SCORED_ROWS:
+        raise RequestError(
+            "too_much_work",
+            f"{field}: {len(ks)} users with k up to {max(ks)} ask for {rows} scored rows; "
+            f"one request may ask for at most {MAX_SCORED_ROWS} (users x k): lower k or "
+            "split the batch",
+            422,
+        )
+
+
+def _answer(
+    request: web.Request,
+    model: ServingModel,
+    cohort: Cohort,
+    query: Query,
+    ranked: Ranked,
+    items: list[ScoredItem] | None = None,
 ) -> RecommendationResponse:
-    model, cohort = snapshot.route(options.user_id)
-    if model is None:
-        raise RequestError("no_model", "no model is loaded yet", 503)
-    ranked = _score(model, options)
+    """A scored request's answer, counted (on the event loop) and signed for feedback."""
     app = request.app
     metrics = app[METRICS]
     metrics.recommendations.labels(model.version, cohort).inc()
@@ -189,41 +209,98 @@ def _recommend_one(
     request[LABELS] = (model.version, cohort)
     return RecommendationResponse(
         recommendation_id=app[ATTRIBUTOR].issue(model.version, cohort),
-        user_id=options.user_id,
+        user_id=query.user_id,
         model_version=model.version,
         cohort=cohort,
         cold_start=ranked.strategy != "personalized",
         strategy=ranked.strategy,
-        items=_items(model, ranked.item_ids, ranked.scores),
+        items=_items(model, ranked.item_ids, ranked.scores) if items is None else items,
         unknown_items=ranked.unknown_items[:100] if ranked.unknown_items else UNSET,
     )
+
+
+async def _recommend_one(
+    request: web.Request, snapshot: Snapshot, options: RecommendationRequest
+) -> RecommendationResponse:
+    query = _query(options)
+    model, cohort = snapshot.route(query.user_id)
+    if model is None:
+        raise RequestError("no_model", "no model is loaded yet", 503)
+    try:
+        ranked = await request.app[SCORING].recommend(model, query)
+    except ArtifactError as exc:
+        raise RequestError("no_catalog", str(exc)) from exc
+    return _answer(request, model, cohort, query, ranked)
 
 
 async def recommendations_get(request: web.Request) -> web.Response:
     options = _from_query(decode_query(request.query, RecommendationQuery))
     snapshot = request.app[REGISTRY].snapshot
-    return _respond(_recommend_one(request, snapshot, options))
+    return _respond(await _recommend_one(request, snapshot, options))
 
 
 async def recommendations_post(request: web.Request) -> web.Response:
     options = await decode_body(request, RecommendationRequest)
     snapshot = request.app[REGISTRY].snapshot
-    return _respond(_recommend_one(request, snapshot, options))
+    return _respond(await _recommend_one(request, snapshot, options))
+
+
+Scored = tuple[ServingModel, Cohort, Query, Ranked, list[ScoredItem]]
+
+
+def _score_part(snapshot: Snapshot, queries: list[Query]) -> list[Scored]:
+    """Route and score part of a batch, and render its items (on a scoring thread)."""
+    routed = [snapshot.route(q.user_id) for q in queries]
+    groups: dict[int, list[int]] = {}
+    for index, (model, _) in enumerate(routed):
+        if model is None:
+            raise RequestError("no_model", "no model is loaded yet", 503)
+        groups.setdefault(id(model), []).append(index)
+    ranked: dict[int, Ranked] = {}
+    for indices in groups.values():
+        model = routed[indices[0]][0]
+        assert model is not None
+        try:
+            answers = model.recommend_many([queries[i] for i in indices])
+        except ArtifactError as exc:
+            raise RequestError("no_catalog", str(exc)) from exc
+        ranked.update(zip(indices, answers, strict=True))
+    out: list[Scored] = []
+    for index, ((model, cohort), query) in enumerate(zip(routed, queries, strict=True)):
+        assert model is not None
+        r = ranked[index]
+        out.append((model, cohort, query, r, _items(model, r.item_ids, r.scores)))
+    return out
+
+
+def _encode_results(results: list[RecommendationResponse]) -> bytes:
+    """The batch's JSON one result at a time, on a scoring thread: one encoder call over a
+    large batch would hold the GIL, and so the event loop, for all of it."""
+    encode = msgspec.json.Encoder().encode  # an encoder of this thread's own
+    return b'{"results":[' + b",".join(encode(r) for r in results) + b"]}"
 
 
 async def recommendations_batch(request: web.Request) -> web.Response:
-    requests = _batch_requests(await decode_body(request, BatchRequest))
+    body = await decode_body(request, BatchRequest)
+    field = "user_ids" if body.user_ids is not UNSET else "requests"
     snapshot = request.app[REGISTRY].snapshot
-    results = []
-    for index, options in enumerate(requests):
-        try:
-            results.append(_recommend_one(request, snapshot, options))
-        except RequestError as exc:
-            if exc.status != 400:
-                raise
-            raise RequestError(exc.code, f"requests[{index}]: {exc.message}") from exc
+    scoring = request.app[SCORING]
+    requests = _batch_requests(body)
+    scored: list[Scored] = []
+    with scoring.reserve(len(requests)):
+        queries = [_query(options) for options in requests]
+        _check_work([q.k for q in queries], field)
+        # In parts, so that requests scored meanwhile wait for one part, not the batch.
+        for start in range(0, len(queries), BATCH_PART):
+            part = queries[start : start + BATCH_PART]
+            scored += await scoring.run(_score_part, snapshot, part, weight=0)
+    results: list[RecommendationResponse] = []
+    for start in range(0, len(scored), 100):
+        results += [_answer(request, *one) for one in scored[start : start + 100]]
+        await asyncio.sleep(0)  # a thousand answers signed at once would stall the loop
     request[LABELS] = ("mixed", "mixed")
-    return _respond(BatchResponse(results))
+    payload = await scoring.run(_encode_results, results, weight=0)
+    return web.Response(body=payload, content_type="application/json")
 
 
 async def similar_items(request: web.Request) -> web.Response:
@@ -238,7 +315,7 @@ async def similar_items(request: web.Request) -> web.Response:
     if model is None:
         raise RequestError("no_model", "no model is loaded yet", 503)
     request[LABELS] = (model.version, cohort)
-    ranked = model.similar(item_id, query.k)
+    ranked = await request.app[SCORING].run(model.similar, item_id, query.k)
     if ranked is None:
         raise RequestError("unknown_item", f"item {item_id!r} is not in model {model.version}", 404)
     return _respond(
@@ -251,7 +328,7 @@ async def similar_items(request: web.Request) -> web.Response:
     )
 
 
-def _complete_basket(
+async def _complete_basket(
     request: web.Request,
     basket: list[str],
     k: int,
@@ -271,7 +348,7 @@ def _complete_basket(
         candidates = model.candidates(None, _filters(filters))
     except ArtifactError as exc:
         raise RequestError("no_catalog", str(exc)) from exc
-    done = complete(model, basket, k, candidates)
+    done = await request.app[SCORING].run(complete, model, basket, k, candidates)
     names = [str(model.item_ids[i]) for i in done.indices]
     titled = _items(model, names, done.scores)
     items = [
@@ -288,7 +365,7 @@ async def bought_together(request: web.Request) -> web.Response:
         categories=query.categories, min_price=query.min_price, max_price=query.max_price,
         in_stock_only=query.in_stock_only,
     )  # fmt: skip
-    answer = _complete_basket(request, [item_id], query.k, query.user_id, filters)
+    answer = await _complete_basket(request, [item_id], query.k, query.user_id, filters)
     if answer.unknown_items:
         raise RequestError(
             "unknown_item", f"item {item_id!r} is not in model {answer.model_version}", 404
@@ -298,7 +375,8 @@ async def bought_together(request: web.Request) -> web.Response:
 
 async def complete_basket(request: web.Request) -> web.Response:
     body = await decode_body(request, BasketRequest)
-    return _respond(_complete_basket(request, body.items, body.k, body.user_id, body.filters))
+    answer = await _complete_basket(request, body.items, body.k, body.user_id, body.filters)
+    return _respond(answer)
 
 
 async def user_profile(request: web.Request) -> web.Response:
@@ -326,7 +404,10 @@ async def guide_query(request: web.Request) -> web.Response:
         raise RequestError("no_model", "no model is loaded yet", 503)
     request[LABELS] = (model.version, cohort)
     try:
-        answer = guide(model, body.query, body.user_id, body.k, _filters(body.filters) or Filters())
+        filters = _filters(body.filters) or Filters()
+        answer = await request.app[SCORING].run(
+            guide, model, body.query, body.user_id, body.k, filters
+        )
     except QueryError as exc:
         raise RequestError("invalid_query", str(exc)) from exc
     return _respond(msgspec.convert({**answer, "cohort": cohort}, GuideResponse))
@@ -419,6 +500,10 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     except RequestError as exc:
         request.app[METRICS].errors.labels(endpoint, exc.code).inc()
         response = _error(exc.status, exc.code, exc.message)
+    except OverloadedError as exc:
+        request.app[METRICS].errors.labels(endpoint, "overloaded").inc()
+        response = _error(503, "overloaded", str(exc))
+        response.headers["Retry-After"] = str(exc.retry_after_seconds)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -483,16 +568,18 @@ def build_app(
     attributor: Attributor | None = None,
     reload_interval: float = 2.0,
     metrics_address: tuple[str, int] | None = None,
+    scoring: ScoringConfig | None = None,
 ) -> web.Application:
     """The server. With `metrics_address` (host, port), /metrics answers there only, on a
     port of its own that a NetworkPolicy can open to scrapers and close to shoppers; without
     it, on the serving port. Without an `attributor`, ids are signed with a key of this
-    process only."""
+    process only. `scoring`: threads, batching and queue bound (batcher.py)."""
     app = web.Application(middlewares=[errors_and_metrics], client_max_size=MAX_BODY_BYTES)
     app[REGISTRY] = registry
     app[METRICS] = metrics or ServerMetrics()
     app[ATTRIBUTOR] = attributor or Attributor.ephemeral()
     app[STATE] = {}
+    app[SCORING] = Scoring(scoring)
     server_metrics = app[METRICS]
     registry.subscribe(lambda snapshot: _publish(server_metrics, snapshot))
     app.router.add_get("/v1/recommendations", recommendations_get)
@@ -518,9 +605,15 @@ def build_app(
         yield
         task.cancel()
 
+    async def scoring_threads(app: web.Application) -> AsyncIterator[None]:
+        await app[SCORING].start()
+        yield
+        app[SCORING].close()
+
     async def drain(app: web.Application) -> None:
         start_draining(app)
 
+    app.cleanup_ctx.append(scoring_threads)
     app.cleanup_ctx.append(start_watching)
     app.on_response_prepare.append(_close_when_draining)
     app.on_shutdown.append(drain)

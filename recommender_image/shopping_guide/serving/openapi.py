@@ -37,7 +37,10 @@ class Operation:
 
 _BAD = (s.ErrorResponse, "a field is unknown, missing or out of range; the message names it")
 _TOO_LARGE = (s.ErrorResponse, "the body exceeds 1 MiB")
-_NO_MODEL = (s.ErrorResponse, "no model is loaded yet")
+_NO_MODEL = (
+    s.ErrorResponse,
+    "no model is loaded yet, or the server is overloaded (code `overloaded`, with Retry-After)",
+)
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation(
@@ -54,7 +57,9 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "post", "/v1/recommendations:batch", "recommendBatch", "Top-k items for many shoppers",
         {200: (s.BatchResponse, "one list per shopper, in order"), 400: _BAD,
-         413: _TOO_LARGE, 503: _NO_MODEL},
+         413: _TOO_LARGE,
+         422: (s.ErrorResponse, "users x k exceeds 100,000 scored rows; the message says so"),
+         503: _NO_MODEL},
         body=s.BatchRequest,
     ),
     Operation(

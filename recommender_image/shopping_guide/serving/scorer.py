@@ -1,8 +1,11 @@
-"""One loaded model version, ready for per-request scoring.
+"""One loaded model version, ready for scoring one request or many together.
 
-Exact scoring is implicit's native top-k over the item factors (one matrix-vector product and
-a heap). For large catalogues an HNSW graph answers instead (see `ann`), read from the artifact
-or, for artifacts without one, built when the version loads.
+Exact scoring is implicit's native top-k over the item factors (a matrix product and a heap).
+Scoring one user reads the whole item matrix for one dot product per item: memory-bound. The
+users of concurrent requests are therefore scored together where they can be (`recommend_many`):
+one matrix product for all of them, each user's own exclusions applied inside the same top-k.
+For large catalogues an HNSW graph answers instead (see `ann`), read from the artifact or, for
+artifacts without one, built when the version loads; it also takes many queries in one call.
 """
 
 from __future__ import annotations
@@ -10,13 +13,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from ..ann import AnnIndex
+from ..ann import EF_SEARCH, AnnIndex
 from ..artifacts import LoadedModel
 from ..catalog import Catalog
 from ..content import TextIndex
@@ -59,12 +62,89 @@ class Filters:
         return mask
 
 
+@dataclass(frozen=True)
+class Query:
+    """One user's request as the scorer takes it: parsed and bounded by the server."""
+
+    user_id: str
+    k: int
+    exclude: tuple[str, ...] = ()
+    allow: tuple[str, ...] | None = None
+    exclude_seen: bool = True
+    recent_items: tuple[str, ...] = ()
+    filters: Filters | None = None
+
+    @property
+    def has_candidates(self) -> bool:
+        return self.allow is not None or (self.filters is not None and not self.filters.empty)
+
+
 @dataclass
 class Ranked:
     item_ids: list[str]
     scores: list[float]
     strategy: Strategy
     unknown_items: list[str] = field(default_factory=list)
+
+
+class _Row(NamedTuple):
+    indices: IntArray
+
+
+class _RowFilter:
+    """Items each query row leaves out, in the form implicit's top-k reads: `rows[i].indices`.
+
+    The same as a CSR matrix there, without its cost: a scipy row slice takes about 0.1 ms,
+    more than that row's share of the batched matrix product.
+    """
+
+    def __init__(self, rows: Sequence[IntArray]) -> None:
+        self.rows = rows
+
+    def __getitem__(self, row: int) -> _Row:
+        return _Row(self.rows[row])
+
+
+_CandidateKey = tuple[tuple[str, ...] | None, Filters | None]
+
+
+@dataclass
+class _Scored:
+    """A query on the batched path: where its answer goes, its user's vector, and what it
+    already has (None: seen items may come back)."""
+
+    position: int
+    vector: FloatArray
+    seen: IntArray | None
+    strategy: Strategy
+    unknown: list[str]
+
+
+class _Shared:
+    """What the queries of one call may share, built once: the candidate mask of an
+    allow-list or filter, and the history and factors folded in from the same recent items
+    (a batch repeats its shared fields for every user)."""
+
+    def __init__(self) -> None:
+        self._masks: dict[_CandidateKey, npt.NDArray[np.bool_] | None] = {}
+        self._folded: dict[tuple[str, ...], tuple[sp.csr_matrix, list[str], FloatArray | None]]
+        self._folded = {}
+
+    def mask(
+        self, model: ServingModel, allow: tuple[str, ...] | None, filters: Filters | None
+    ) -> npt.NDArray[np.bool_] | None:
+        key = (allow, filters)
+        if key not in self._masks:
+            self._masks[key] = model.candidates(allow, filters)
+        return self._masks[key]
+
+    def folded(
+        self, model: ServingModel, recent: tuple[str, ...]
+    ) -> tuple[sp.csr_matrix, list[str], FloatArray | None]:
+        if recent not in self._folded:
+            row, unknown = model._row_from_items(recent)
+            self._folded[recent] = row, unknown, model._user_vector(None, row)
+        return self._folded[recent]
 
 
 def _top(scores: FloatArray, k: int) -> IntArray:
@@ -164,39 +244,100 @@ class ServingModel:
         recent_items: Sequence[str] = (),
         filters: Filters | None = None,
     ) -> Ranked:
-        user = self.users.one(user_id)
+        query = Query(
+            user_id, k, tuple(exclude), None if allow is None else tuple(allow), exclude_seen,
+            tuple(recent_items), filters,
+        )  # fmt: skip
+        return self.recommend_many([query])[0]
+
+    @property
+    def _factors_only(self) -> bool:
+        """A pure factor model: a known user's scores are one dot product per item."""
+        model = self.model
+        hybrid = model.content_similarity is not None and model.content_weight > 0
+        return model.item_factors is not None and model.user_factors is not None and not hybrid
+
+    def recommend_many(self, queries: Sequence[Query]) -> list[Ranked]:
+        """Each query's answer, the same as if it were scored alone.
+
+        The users of a factor model, known or folded in from recent items, are scored
+        together: one matrix product (or, for known users without candidates, one multi-query
+        ANN search) per allow-list and filter they share, with each user's seen and excluded
+        items left out inside the same top-k; with an allow-list or filter only the candidate
+        items are scored at all. The rest one by one: the popular fallback, item-KNN and
+        hybrid models.
+        """
+        users = self.users.lookup([q.user_id for q in queries])
+        out: list[Ranked | None] = [None] * len(queries)
+        shared = _Shared()
+        together: dict[tuple[_CandidateKey | None, bool], list[_Scored]] = {}
+        factors = self.model.user_factors if self._factors_only else None
+        for position, (query, user) in enumerate(zip(queries, users, strict=True)):
+            one = None
+            if factors is not None and user >= 0:
+                seen = self._seen(int(user)) if query.exclude_seen else None
+                one = _Scored(position, factors[user], seen, "personalized", [])
+            elif factors is not None:
+                row, unknown, vector = shared.folded(self, query.recent_items)
+                if vector is not None:
+                    seen = row.indices.astype(np.int64) if query.exclude_seen else None
+                    one = _Scored(position, vector, seen, "fold_in", unknown)
+            if one is None:
+                out[position] = self._recommend_alone(query, int(user), shared)
+                continue
+            key = (query.allow, query.filters) if query.has_candidates else None
+            # The ANN index answers known users only, as it always has; folded-in ones exactly.
+            approximate = key is None and self.ann is not None and one.strategy == "personalized"
+            together.setdefault((key, approximate), []).append(one)
+        for (key, approximate), group in together.items():
+            chosen = [queries[one.position] for one in group]
+            blocked = [self._blocked(q, one.seen) for q, one in zip(chosen, group, strict=True)]
+            vectors = np.stack([one.vector for one in group])
+            ks = [q.k for q in chosen]
+            if key is not None:
+                found = self._exact_within(shared.mask(self, *key), vectors, ks, blocked)
+            elif approximate:
+                found = self._ann_rows(vectors, ks, blocked)
+            else:
+                found = self._exact_rows(vectors, ks, blocked)
+            for one, (ids, scores) in zip(group, found, strict=True):
+                ranked = Ranked(self._names(ids), scores.tolist(), one.strategy, one.unknown)
+                out[one.position] = ranked
+        return [r for r in out if r is not None]
+
+    def _seen(self, user: int) -> IntArray:
+        lo, hi = self.history.indptr[user], self.history.indptr[user + 1]
+        seen: IntArray = self.history.indices[lo:hi].astype(np.int64)
+        return seen
+
+    def _blocked(self, query: Query, seen: IntArray | None) -> IntArray:
+        """Item indices a query must not get back: its exclusions, and its history if asked."""
+        excluded = self.items.lookup(query.exclude)
+        excluded = excluded[excluded >= 0]
+        if seen is None or not len(seen):
+            return excluded
+        return np.concatenate([seen, excluded]) if len(excluded) else seen
+
+    def _recommend_alone(self, query: Query, user: int, shared: _Shared) -> Ranked:
         strategy: Strategy = "personalized"
         unknown: list[str] = []
         if user >= 0:
             row = self._history_row(user)
+            vector = self._user_vector(user, row)
         else:
-            row, unknown = self._row_from_items(recent_items)
+            row, unknown, vector = shared.folded(self, query.recent_items)
             strategy = "fold_in"
-        excluded = self.items.lookup(exclude)
-        excluded = excluded[excluded >= 0]
-        candidates = self.candidates(allow, filters)
-        vector = self._user_vector(user if user >= 0 else None, row)
-        hybrid = self.model.content_similarity is not None and self.model.content_weight > 0
-
-        if vector is not None and candidates is None and not hybrid:
-            # The common path: a native top-k over the factors, no dense score copy.
-            blocked = row.indices.astype(np.int64) if exclude_seen else np.empty(0, np.int64)
-            if self.ann is not None and user >= 0:
-                ids, scores = self._ann_top(vector, k, np.concatenate([blocked, excluded]))
-            else:
-                ids, scores = self._exact_top(vector, k, row if exclude_seen else None, excluded)
-            return Ranked(self._names(ids), scores.tolist(), strategy, unknown)
-
+        candidates = shared.mask(self, query.allow, query.filters)
+        seen = row.indices.astype(np.int64) if query.exclude_seen else None
+        blocked = self._blocked(query, seen)
         scores_all = self._dense_scores(vector, row)
         if scores_all is None:
             strategy = "popular"
             scores_all = self.model.popularity.astype(np.float32, copy=True)
-        if exclude_seen:
-            scores_all[row.indices] = -np.inf
-        scores_all[excluded] = -np.inf
+        scores_all[blocked] = -np.inf
         if candidates is not None:
             scores_all[~candidates] = -np.inf
-        top = _top(scores_all, k)
+        top = _top(scores_all, query.k)
         return Ranked(self._names(top), scores_all[top].tolist(), strategy, unknown)
 
     def _row_from_items(self, item_ids: Sequence[str]) -> tuple[sp.csr_matrix, list[str]]:
@@ -224,30 +365,83 @@ class ServingModel:
             mask &= filters.mask(self.catalog, self.history.shape[1])
         return mask
 
-    def _exact_top(
-        self, vector: FloatArray, k: int, seen: sp.csr_matrix | None, excluded: IntArray
-    ) -> tuple[IntArray, FloatArray]:
+    def _exact_rows(
+        self,
+        vectors: FloatArray,
+        ks: Sequence[int],
+        blocked: Sequence[IntArray],
+        items: FloatArray | None = None,
+    ) -> list[tuple[IntArray, FloatArray]]:
+        """Exact top-k for each row of `vectors` over `items` (default: all the item factors),
+        in one native top-k per distinct k."""
         from implicit.cpu.topk import topk
 
-        assert self.model.item_factors is not None
-        ids, scores = topk(
-            self.model.item_factors,
-            np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32),
-            min(k, self.model.n_items),
-            filter_query_items=seen,
-            filter_items=excluded.astype(np.int32) if len(excluded) else None,
-            num_threads=1,
-        )
-        keep = scores[0] > np.finfo(np.float32).min / 2
-        return ids[0][keep].astype(np.int64), scores[0][keep]
+        items = self.model.item_factors if items is None else items
+        assert items is not None
+        out: list[tuple[IntArray, FloatArray]] = [(np.empty(0, np.int64), np.empty(0, np.float32))]
+        out *= len(ks)
+        by_k: dict[int, list[int]] = {}
+        for row, k in enumerate(ks):
+            by_k.setdefault(k, []).append(row)
+        floor = np.finfo(np.float32).min / 2
+        for k, rows in by_k.items():
+            filtered = [blocked[r] for r in rows]
+            ids, scores = topk(
+                items,
+                np.ascontiguousarray(vectors[rows], dtype=np.float32),
+                min(k, len(items)),
+                filter_query_items=_RowFilter(filtered) if any(map(len, filtered)) else None,
+                num_threads=1,  # parallelism comes from the scoring threads
+            )
+            for j, row in enumerate(rows):
+                keep = scores[j] > floor
+                out[row] = ids[j][keep].astype(np.int64), scores[j][keep]
+        return out
 
-    def _ann_top(
-        self, vector: FloatArray, k: int, blocked: IntArray
-    ) -> tuple[IntArray, FloatArray]:
+    def _exact_within(
+        self,
+        candidates: npt.NDArray[np.bool_] | None,
+        vectors: FloatArray,
+        ks: Sequence[int],
+        blocked: Sequence[IntArray],
+    ) -> list[tuple[IntArray, FloatArray]]:
+        """Exact top-k among the candidate items only: a 5,000-item allow-list scores 5,000
+        items per user, not the whole catalogue."""
+        assert self.model.item_factors is not None and candidates is not None
+        chosen = np.flatnonzero(candidates)
+        if not len(chosen):
+            return [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in ks]
+        local = []
+        for items in blocked:  # blocked items, as positions among the candidates
+            at = np.minimum(np.searchsorted(chosen, items), len(chosen) - 1)
+            local.append(at[chosen[at] == items].astype(np.int64))
+        found = self._exact_rows(vectors, ks, local, self.model.item_factors[chosen])
+        return [(chosen[ids], scores) for ids, scores in found]
+
+    def _ann_rows(
+        self, vectors: FloatArray, ks: Sequence[int], blocked: Sequence[IntArray]
+    ) -> list[tuple[IntArray, FloatArray]]:
+        """Approximate top-k for each row: blocked items are asked for beyond k, then dropped.
+
+        HNSW explores max(efSearch, k) candidates, so every row asking for at most efSearch
+        shares one search (its answer is a prefix of the same candidate list); a row asking for
+        more searches with its own depth, as it would alone.
+        """
         assert self.ann is not None
-        ids, scores = self.ann.search(vector, k + len(blocked))
-        keep = ~np.isin(ids, blocked)
-        return ids[keep][:k], scores[keep][:k]
+        wanted = [k + len(b) for k, b in zip(ks, blocked, strict=True)]
+        groups: dict[int, list[int]] = {}
+        for row, depth in enumerate(wanted):
+            groups.setdefault(max(depth, EF_SEARCH), []).append(row)
+        out: list[tuple[IntArray, FloatArray]] = [(np.empty(0, np.int64), np.empty(0, np.float32))]
+        out *= len(ks)
+        for rows in groups.values():
+            ids, scores = self.ann.search_many(vectors[rows], max(wanted[r] for r in rows))
+            for j, row in enumerate(rows):
+                keep = ids[j] >= 0
+                if len(blocked[row]):
+                    keep &= ~np.isin(ids[j], blocked[row])
+                out[row] = ids[j][keep][: ks[row]], scores[j][keep][: ks[row]]
+        return out
 
     def similar(self, item_id: str, k: int) -> Ranked | None:
         """Items most like one item: cosine of factors, or the item-KNN similarity row."""
@@ -272,7 +466,8 @@ class ServingModel:
         return self._names(self.popular_order[:k])
 
     def _names(self, indices: IntArray) -> list[str]:
-        return [str(x) for x in self.item_ids[indices]]
+        names: list[str] = self.item_ids[indices].tolist()
+        return names
 
     def describe(self) -> dict[str, Any]:
         return {
