@@ -189,7 +189,13 @@ def story_guide(p: Product, files: dict[str, Path], prometheus: Prometheus) -> d
     # model: that is what the canary is for.
     spec["training"] = {"qualityGate": {"metric": "ndcg@10", "minimum": 0.0, "maxRegression": 1.0}}
     spec["serving"] = {
-        "autoscaling": {"minReplicas": 1, "maxReplicas": 3, "targetCPUUtilizationPercentage": 60},
+        # Pods leave 30 s after the load falls (the HPA's default is 5 minutes).
+        "autoscaling": {
+            "minReplicas": 1,
+            "maxReplicas": 4,
+            "targetCPUUtilizationPercentage": 60,
+            "scaleDownStabilizationSeconds": 30,
+        },
         "resources": {"requests": {"cpu": "200m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
     }
     spec["rollout"] = {
@@ -201,6 +207,9 @@ def story_guide(p: Product, files: dict[str, Path], prometheus: Prometheus) -> d
             "minRequests": 40,
             "maxErrorRate": 0.05,
             "minClickThroughRatio": 0.5,
+            # The shoppers buy half of what they click: sales are guarded as well.
+            "minConversionRatio": 0.5,
+            "minStablePurchases": 10,
         },
         "progressDeadline": "5m",
     }
@@ -246,8 +255,14 @@ def autoscale(p: Product, tastes: Path) -> None:
         hpa = p.cluster.get("hpa", GUIDE, NAMESPACE) or {}
         return int(hpa.get("status", {}).get("currentReplicas") or 0)
 
+    # From a quiet guide: the steady shoppers alone may have kept more than one pod busy.
+    p.stop_shoppers()
+    started = time.monotonic()
+    wait_until(lambda: replicas() == 1, 300, "the HPA at one serving pod", interval=3)
     before = replicas()
-    print(f"\na rush of shoppers (a second shopper pod, 12 workers); serving pods now: {before}")
+    print(f"\nthe shoppers paused; the HPA is back at {before} pod after "
+          f"{time.monotonic() - started:.0f}s")  # fmt: skip
+    print("a rush of shoppers (a shopper pod, 12 workers)")
     p.start_shoppers(
         "--tastes",
         "/sim/tastes.json",
@@ -299,13 +314,14 @@ def main() -> int:
         print(f"training on Online Retail before 2011-11-01; Prometheus at {prometheus.address}")
         first = p.wait_serving(GUIDE, TIMEOUT, progress)["stable"]["version"]
         progress.done()
-        print(f"serving {first}; shoppers start (a pod sending requests and clicks to the Service)")
+        print(f"serving {first}; shoppers start (a pod that asks, clicks and buys via the Service)")
         p.stop_shoppers()
-        shoppers = ["--tastes", "/sim/tastes.json", "--k", "5", "--workers", "4", "--pause", "0.02"]
+        shoppers = ["--tastes", "/sim/tastes.json", "--k", "5", "--workers", "4", "--pause", "0.02",
+                    "--purchase-share", "0.5"]  # fmt: skip
         p.start_shoppers(*shoppers, files=(files["tastes"],))
         known = {first}
         if "canary" not in skip:
-            print("\n1. retrained on the same events: a canary, judged by the shoppers' clicks")
+            print("\n1. retrained on the same events: a canary, judged by clicks and sales")
             p.retrain(f"demo-{int(time.time())}")
             entry = follow_canary(p, known, progress)
             known.add(entry["version"])

@@ -211,6 +211,7 @@ class Autoscaling:
     target_cpu: int | None
     metric_name: str | None
     metric_average: str | None
+    scale_down_stabilization_seconds: int | None = None
 
 
 # A NetworkPolicy peer for any pod of any namespace of the cluster.
@@ -244,6 +245,7 @@ class Serving:
                 target_cpu=scaling.get("targetCPUUtilizationPercentage"),
                 metric_name=metric.get("name"),
                 metric_average=None if not metric else str(metric.get("averageValue")),
+                scale_down_stabilization_seconds=scaling.get("scaleDownStabilizationSeconds"),
             )
             if autoscaling.min_replicas > autoscaling.max_replicas:
                 raise SpecError("serving.autoscaling.minReplicas must not exceed maxReplicas")

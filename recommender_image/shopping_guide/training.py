@@ -130,13 +130,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         # Users who asked to be forgotten are never learned from again.
         events = events.without_users(forgotten)
     mark = lap("load", started)
-    data = build_interactions(
-        events,
-        exclude_items=config.exclude_items,
-        min_user_items=config.min_user_items,
-        half_life_days=config.half_life_days,
-        scale=config.scale,
-    )
+    data = _aggregate(config, events)
     mark = lap("aggregate", mark)
     catalog = _catalog(config)
     content = None
@@ -328,6 +322,16 @@ def train(config: TrainConfig) -> dict[str, Any]:
     return training_result.validate(result)
 
 
+def _aggregate(config: TrainConfig, events: Events) -> Interactions:
+    return build_interactions(
+        events,
+        exclude_items=config.exclude_items,
+        min_user_items=config.min_user_items,
+        half_life_days=config.half_life_days,
+        scale=config.scale,
+    )
+
+
 def _evaluate_bought_together(
     config: TrainConfig,
     events: Events,
@@ -345,13 +349,7 @@ def _evaluate_bought_together(
     )
     popularity = np.asarray(holdout.train.sum(axis=0), dtype=np.float32).ravel()
     unseen = events.where(~np.isin(baskets.of_row, holdout.test))
-    blind = build_interactions(
-        unseen,
-        exclude_items=config.exclude_items,
-        min_user_items=config.min_user_items,
-        half_life_days=config.half_life_days,
-        scale=config.scale,
-    )
+    blind = _aggregate(config, unseen)
     cf = fit(algorithm, params, _align_items(blind, data.item_ids), config.seed)
     k = config.k
     return {

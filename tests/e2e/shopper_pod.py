@@ -2,7 +2,8 @@
 
 Each shopper belongs to a taste group (its user id starts with the group's letter) and asks the
 guide's Service for one recommendation; when the item is of its own group it clicks it, which
-the server attributes to the model version that served the list. A model trained on scrambled
+the server attributes to the model version that served the list (and, with --purchase-share,
+sometimes buys it). A model trained on scrambled
 events recommends other groups' items and loses its clicks. Every few seconds one JSON line on
 stdout counts responses by model version, clicks and failures.
 
@@ -38,6 +39,10 @@ def main() -> int:
     parser.add_argument("--tastes", default=None, help="JSON: user id -> items they would click")
     parser.add_argument("--k", type=int, default=1, help="items per recommendation")
     parser.add_argument("--pause", type=float, default=0.01, help="seconds between requests")
+    parser.add_argument(
+        "--purchase-share", type=float, default=0.0,
+        help="share of clicks followed by a purchase (1 to 3 units at the catalogue's price)",
+    )  # fmt: skip
     args = parser.parse_args()
     tastes: dict[str, set[str]] = {}
     if args.tastes:
@@ -98,6 +103,19 @@ def main() -> int:
                         # Which version the pod that took the click credited it to: behind a
                         # Service, often not the pod that served the list.
                         counts[f"attributed:{answer.get('model_version')}"] += 1
+                    if rng.random() < args.purchase_share:
+                        bought = {**feedback, "event": "purchase", "quantity": rng.randint(1, 3)}
+                        purchase = urllib.request.Request(
+                            f"{args.url}/v1/feedback",
+                            json.dumps(bought).encode(),
+                            {"Content-Type": "application/json"},
+                            method="POST",
+                        )
+                        with urllib.request.urlopen(purchase, timeout=10) as response:
+                            paid = json.loads(response.read())
+                        with lock:
+                            counts[f"purchased:{version}"] += 1
+                            counts["revenue_cents"] += round(100 * paid.get("revenue", 0))
                 except (urllib.error.URLError, OSError, ValueError) as exc:
                     with lock:
                         counts[f"failed:{type(exc).__name__}"] += 1

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +12,7 @@ import pytest
 from shopping_guide.artifacts import AUDIT_LOG, ModelStore
 from shopping_guide.cli import main
 from tests.conftest import two_taste_rows
-from tests.server.conftest import Models, RoutingDir, Server, _ready, free_port
+from tests.server.conftest import Server, running_server
 
 
 def write_catalog(path: Path) -> None:
@@ -55,24 +51,8 @@ def hybrid_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 @pytest.fixture
 def guide_server(hybrid_store: tuple[Path, str], tmp_path: Path) -> Iterator[Server]:
     store, version = hybrid_store
-    routing = RoutingDir(tmp_path / "routing")
-    routing.write({"stable": version, "salt": "s", "generation": 1})
-    port = free_port()
-    log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "shopping_guide.cli", "serve", "--model-store", str(store),
-             "--routing", str(routing.path), "--host", "127.0.0.1", "--port", str(port),
-             "--reload-interval", "0.2"],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        )  # fmt: skip
-    srv = Server(f"http://127.0.0.1:{port}", process, routing, Models(store, version, version), log)
-    try:
-        srv.wait_for(lambda: _ready(srv))
+    with running_server(store, version, tmp_path / "server") as srv:
         yield srv
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=15)
 
 
 def test_filters_by_category_price_and_stock(guide_server: Server) -> None:

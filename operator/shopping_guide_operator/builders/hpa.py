@@ -32,14 +32,18 @@ def build_hpa(guide: Guide) -> JSON | None:
                 },
             }
         )
+    spec: JSON = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": guide.name},
+        "minReplicas": scaling.min_replicas,
+        "maxReplicas": scaling.max_replicas,
+        "metrics": metrics,
+    }
+    if scaling.scale_down_stabilization_seconds is not None:
+        window = int(scaling.scale_down_stabilization_seconds)
+        spec["behavior"] = {"scaleDown": {"stabilizationWindowSeconds": window}}
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
         "metadata": metadata(guide, guide.name, COMPONENT_SERVING),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": guide.name},
-            "minReplicas": scaling.min_replicas,
-            "maxReplicas": scaling.max_replicas,
-            "metrics": metrics,
-        },
+        "spec": spec,
     }

@@ -137,6 +137,16 @@ def test_hpa_scales_the_deployment_on_cpu_and_a_custom_metric(make_guide: MakeGu
     }
 
 
+def test_the_scale_down_window_is_the_hpas_default_unless_set(make_guide: MakeGuide) -> None:
+    default = build_hpa(make_guide())
+    assert default is not None and "behavior" not in default["spec"]
+    quick = build_hpa(
+        make_guide({"serving": {"autoscaling": {"scaleDownStabilizationSeconds": 30}}})
+    )
+    assert quick is not None
+    assert quick["spec"]["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 30}}
+
+
 def test_pdb_defaults_to_one_unavailable_and_can_be_switched_off(make_guide: MakeGuide) -> None:
     pdb = build_pdb(make_guide())
     assert pdb is not None
