@@ -180,6 +180,11 @@ def down() -> int:
     return 0
 
 
+# The shoppers of the whole story: 4 workers, 5 items a list, half of the clicks bought.
+STEADY_SHOPPERS = ("--tastes", "/sim/tastes.json", "--k", "5", "--workers", "4", "--pause", "0.02",
+                   "--purchase-share", "0.5")  # fmt: skip
+
+
 def story_guide(p: Product, files: dict[str, Path], prometheus: Prometheus) -> dict[str, Any]:
     guide = p.sample_guide(GUIDE)
     spec = guide["spec"]
@@ -284,6 +289,8 @@ def autoscale(p: Product, tastes: Path) -> None:
     print("  the rush is over")
     wait_until(lambda: replicas() == before, 600, "the HPA to scale back", interval=3)
     print(f"  back to {before} pod(s) after {time.monotonic() - started:.0f}s")
+    p.start_shoppers(*STEADY_SHOPPERS, files=(tastes,))
+    print("  the steady shoppers are back (the fixed model's canary needs their clicks)")
 
 
 def main() -> int:
@@ -316,9 +323,7 @@ def main() -> int:
         progress.done()
         print(f"serving {first}; shoppers start (a pod that asks, clicks and buys via the Service)")
         p.stop_shoppers()
-        shoppers = ["--tastes", "/sim/tastes.json", "--k", "5", "--workers", "4", "--pause", "0.02",
-                    "--purchase-share", "0.5"]  # fmt: skip
-        p.start_shoppers(*shoppers, files=(files["tastes"],))
+        p.start_shoppers(*STEADY_SHOPPERS, files=(files["tastes"],))
         known = {first}
         if "canary" not in skip:
             print("\n1. retrained on the same events: a canary, judged by clicks and sales")
