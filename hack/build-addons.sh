@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the binaries of the cluster add-ons that run as pods on the real node: CoreDNS
-# (github.com/coredns/coredns) and metrics-server (sigs.k8s.io/metrics-server), static
-# (CGO off), from their Go modules at pinned versions. Binaries land in a cache directory
+# (github.com/coredns/coredns) and metrics-server (sigs.k8s.io/metrics-server), and of
+# versitygw (github.com/versity/versitygw, Apache-2.0: an S3 gateway over a plain directory,
+# the object store of the tests, on the host and as a pod), static (CGO off), from their Go
+# modules at pinned versions. Binaries land in a cache directory
 # keyed by the versions, outside the clone; each is skipped when it is already there at
 # the right module version.
 #
@@ -14,14 +16,17 @@ set -euo pipefail
 
 COREDNS_VERSION=v1.14.7
 METRICS_SERVER_VERSION=v0.9.0
+VERSITYGW_VERSION=v1.8.0
 # Commits of the release tags, stamped into the binaries as their Makefiles do.
 COREDNS_COMMIT=427fc80ed9ca47f354585eb30a3f1332950856c4
 METRICS_SERVER_COMMIT=df0ca06314dd3b367974d01bf3f9f6f3921256bf
+VERSITYGW_COMMIT=fd04bc1df2656298577b82667a4195c77f8c7563
 COREDNS_MODULE=github.com/coredns/coredns
 METRICS_SERVER_MODULE=sigs.k8s.io/metrics-server
+VERSITYGW_MODULE=github.com/versity/versitygw
 
 CACHE_ROOT=${SHOPPING_GUIDE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/shopping-guide}
-KEY="addons-coredns-${COREDNS_VERSION}_metrics-server-${METRICS_SERVER_VERSION}"
+KEY="addons-coredns-${COREDNS_VERSION}_metrics-server-${METRICS_SERVER_VERSION}_versitygw-${VERSITYGW_VERSION}"
 ADDONS_DIR="$CACHE_ROOT/$KEY"
 BIN_DIR="$ADDONS_DIR/bin"
 LOG_DIR="$ADDONS_DIR/logs"
@@ -34,8 +39,9 @@ case "${1:-}" in
     exit 0
     ;;
 --env)
-    for var in COREDNS_VERSION METRICS_SERVER_VERSION COREDNS_COMMIT METRICS_SERVER_COMMIT \
-        COREDNS_MODULE METRICS_SERVER_MODULE ADDONS_DIR BIN_DIR LOG_DIR; do
+    for var in COREDNS_VERSION METRICS_SERVER_VERSION VERSITYGW_VERSION COREDNS_COMMIT \
+        METRICS_SERVER_COMMIT VERSITYGW_COMMIT COREDNS_MODULE METRICS_SERVER_MODULE \
+        VERSITYGW_MODULE ADDONS_DIR BIN_DIR LOG_DIR; do
         printf '%s=%s\n' "$var" "${!var}"
     done
     exit 0
@@ -118,6 +124,15 @@ build_metrics_server() {
         "-s -w -X $pkg.gitVersion=$METRICS_SERVER_VERSION -X $pkg.gitCommit=$METRICS_SERVER_COMMIT -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
 }
 
+# --- versitygw ----------------------------------------------------------------------------
+# Stamped as its Makefile does: version, commit, build time (the release's).
+build_versitygw() {
+    local date
+    date=$(module_info "$VERSITYGW_MODULE" "$VERSITYGW_VERSION" "$VERSITYGW_COMMIT")
+    go_install versitygw "$VERSITYGW_MODULE/cmd/versitygw@$VERSITYGW_VERSION" \
+        "-s -w -X main.Version=$VERSITYGW_VERSION -X main.Build=$VERSITYGW_COMMIT -X main.BuildTime=$date"
+}
+
 # --- the plan: what is missing, built in this order ---------------------------------------
 declare -a MISSING=() TIMINGS=()
 if has_module_version "$BIN_DIR/coredns" "$COREDNS_MODULE" "$COREDNS_VERSION"; then
@@ -130,11 +145,19 @@ if has_module_version "$BIN_DIR/metrics-server" "$METRICS_SERVER_MODULE" "$METRI
 else
     MISSING+=(metrics-server)
 fi
+if has_module_version "$BIN_DIR/versitygw" "$VERSITYGW_MODULE" "$VERSITYGW_VERSION"; then
+    log "versitygw $VERSITYGW_VERSION already built"
+else
+    MISSING+=(versitygw)
+fi
 step=0
 for name in "${MISSING[@]}"; do
     step=$((step + 1))
-    version=$COREDNS_VERSION
-    [[ $name == coredns ]] || version=$METRICS_SERVER_VERSION
+    case $name in
+    coredns) version=$COREDNS_VERSION ;;
+    metrics-server) version=$METRICS_SERVER_VERSION ;;
+    *) version=$VERSITYGW_VERSION ;;
+    esac
     progress_step "[build-addons]" "$step" "${#MISSING[@]}" "$name $version" "$LOG_DIR/$name.log" \
         "make cluster-binaries" "build_${name//-/_}"
     TIMINGS+=("$name ${STEP_SECONDS}s")
@@ -146,6 +169,8 @@ done
     { log "$BIN_DIR/coredns does not report version $COREDNS_VERSION"; exit 1; }
 [[ "$("$BIN_DIR/metrics-server" --version 2>/dev/null)" == "$METRICS_SERVER_VERSION" ]] ||
     { log "$BIN_DIR/metrics-server does not report version $METRICS_SERVER_VERSION"; exit 1; }
+"$BIN_DIR/versitygw" --version | grep -x "Version  : $VERSITYGW_VERSION" >/dev/null ||
+    { log "$BIN_DIR/versitygw does not report version $VERSITYGW_VERSION"; exit 1; }
 
 if ((${#TIMINGS[@]} > 0)); then
     log "build times: ${TIMINGS[*]}"

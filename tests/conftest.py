@@ -11,6 +11,7 @@ import pytest
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Kube
+    from tests.s3 import S3Server
 
 REPO = Path(__file__).resolve().parents[1]
 ONLINE_RETAIL = REPO / "data" / "online-retail" / "online_retail.csv.xz"
@@ -75,3 +76,19 @@ def two_taste_csv(tmp_path: Path) -> Path:
     lines = ["user_id,item_id"] + [f"{u},{i}" for u, i in two_taste_rows()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """versitygw on this host for the whole session (tests/s3.py)."""
+    from tests.s3 import s3_session
+
+    yield from s3_session(tmp_path_factory.mktemp("s3") / "data")
+
+
+@pytest.fixture
+def s3_store(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """`s3://<a new bucket>/models`, its credentials in the environment (children inherit)."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{s3_server.new_bucket()}/models"

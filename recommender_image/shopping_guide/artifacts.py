@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +43,9 @@ from shopping_guide_contracts.versions import is_valid_version, validate_version
 
 from .errors import ArtifactError, ConfigError
 from .model import Model
+
+if TYPE_CHECKING:
+    from .object_store import ObjectModelStore
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +288,43 @@ class ModelStore:
             version, directory, manifest, model, arrays["user_ids"], arrays["item_ids"], extras
         )
 
+    def location(self, version: str) -> str:
+        return str(self.path(version))
+
+    def replace(
+        self,
+        version: str,
+        model: Model,
+        user_ids: npt.NDArray[np.str_],
+        item_ids: npt.NDArray[np.str_],
+        meta: Mapping[str, Any],
+        extras: Mapping[str, npt.NDArray[Any]] | None = None,
+    ) -> None:
+        """Rewrite a version in place: written beside the old one and swapped in by rename."""
+        home = self.path(version).parent
+        staging = ModelStore(home / f"{_INCOMING}forget-{secrets.token_hex(4)}")
+        try:
+            _, written = staging.write(model, user_ids, item_ids, meta, version, extras)
+            retired = home / f"{_INCOMING}retired-{version}-{secrets.token_hex(4)}"
+            (home / version).rename(retired)
+            written.rename(home / version)
+            _fsync_dir(home)
+            shutil.rmtree(retired, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging.root, ignore_errors=True)
+
+    def read_lines(self, name: str) -> list[str]:
+        """A text file of the whole store (forgotten users), one entry a line."""
+        path = self.root / name
+        if not path.is_file():
+            return []
+        return [line for line in path.read_text().splitlines() if line]
+
+    def append_lines(self, name: str, lines: Iterable[str]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / name).open("a") as handle:
+            handle.writelines(f"{line}\n" for line in lines)
+
     def prune(
         self, keep: int, protect: Iterable[str] = (), routing: Path | None = None
     ) -> list[str]:
@@ -327,18 +367,16 @@ def user_sha256(user_id: str) -> str:
     return hashlib.sha256(user_id.encode("utf-8")).hexdigest()
 
 
-def forget_user(store: ModelStore, user_id: str) -> list[str]:
+def forget_user(store: ModelStore | ObjectModelStore, user_id: str) -> list[str]:
     """Remove one user from every stored version (id map, history, factors) and record the
     request, so the next training skips their events too. Returns the versions rewritten."""
     changed = _forget(store, lambda ids: np.asarray(ids == user_id))
-    store.root.mkdir(parents=True, exist_ok=True)
-    with (store.root / FORGOTTEN_USERS).open("a") as handle:
-        handle.write(user_id + "\n")
+    store.append_lines(FORGOTTEN_USERS, [user_id])
     _audit(store, "forget-user", [user_sha256(user_id)[:16]], changed)
     return changed
 
 
-def forget_users_by_hash(store: ModelStore, digests: set[str]) -> list[str]:
+def forget_users_by_hash(store: ModelStore | ObjectModelStore, digests: set[str]) -> list[str]:
     """`forget_user` for users named by `user_sha256`: what an erasure request carries, so
     that no user id passes through the cluster. The digests are recorded, not the ids."""
 
@@ -346,17 +384,17 @@ def forget_users_by_hash(store: ModelStore, digests: set[str]) -> list[str]:
         return np.fromiter((user_sha256(str(u)) in digests for u in ids), bool, len(ids))
 
     changed = _forget(store, named)
-    store.root.mkdir(parents=True, exist_ok=True)
-    with (store.root / FORGOTTEN_USER_HASHES).open("a") as handle:
-        handle.writelines(f"{d}\n" for d in sorted(digests))
+    store.append_lines(FORGOTTEN_USER_HASHES, sorted(digests))
     _audit(store, "forget-users", sorted(d[:16] for d in digests), changed)
     return changed
 
 
-def _forget(store: ModelStore, named: Callable[[np.ndarray], np.ndarray]) -> list[str]:
+def _forget(
+    store: ModelStore | ObjectModelStore, named: Callable[[np.ndarray], np.ndarray]
+) -> list[str]:
     """Every version of the whole store: every guide's and the flat layout's, as the record
-    of forgotten users is the whole store's. Each version is rewritten beside the old one
-    and swapped in by rename."""
+    of forgotten users is the whole store's. Each version is rewritten so that a reader sees
+    the old one or the new one, never a mix (`replace`)."""
     changed: list[str] = []
     for part in store.guide_stores():
         for version in part.versions():
@@ -365,7 +403,9 @@ def _forget(store: ModelStore, named: Callable[[np.ndarray], np.ndarray]) -> lis
     return changed
 
 
-def _audit(store: ModelStore, action: str, users: list[str], versions: list[str]) -> None:
+def _audit(
+    store: ModelStore | ObjectModelStore, action: str, users: list[str], versions: list[str]
+) -> None:
     """One line per request; users only by a shortened hash, none of their events."""
     audit = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -373,11 +413,14 @@ def _audit(store: ModelStore, action: str, users: list[str], versions: list[str]
         "user_sha256": users[0] if len(users) == 1 else users,
         "versions": versions,
     }
-    with (store.root / AUDIT_LOG).open("a") as handle:
-        handle.write(json.dumps(audit) + "\n")
+    store.append_lines(AUDIT_LOG, [json.dumps(audit)])
 
 
-def _forget_in(store: ModelStore, version: str, named: Callable[[np.ndarray], np.ndarray]) -> bool:
+def _forget_in(
+    store: ModelStore | ObjectModelStore,
+    version: str,
+    named: Callable[[np.ndarray], np.ndarray],
+) -> bool:
     loaded = store.load(version)
     position = np.flatnonzero(named(loaded.user_ids))
     if not len(position):
@@ -389,29 +432,13 @@ def _forget_in(store: ModelStore, version: str, named: Callable[[np.ndarray], np
     if model.user_factors is not None:
         model.user_factors = np.ascontiguousarray(model.user_factors[keep])
     meta = {k: v for k, v in loaded.manifest.items() if k not in ("files", "version")}
-    home = store.home
-    staging = ModelStore(home / f"{_INCOMING}forget-{secrets.token_hex(4)}")
-    _, written = staging.write(
-        model, loaded.user_ids[keep], loaded.item_ids, meta, version, loaded.extras
-    )
-    retired = home / f"{_INCOMING}retired-{version}-{secrets.token_hex(4)}"
-    (home / version).rename(retired)
-    written.rename(home / version)
-    _fsync_dir(home)
-    shutil.rmtree(retired, ignore_errors=True)
-    shutil.rmtree(staging.root, ignore_errors=True)
+    store.replace(version, model, loaded.user_ids[keep], loaded.item_ids, meta, loaded.extras)
     return True
 
 
-def forgotten_users(root: Path) -> list[str]:
-    path = Path(root) / FORGOTTEN_USERS
-    if not path.is_file():
-        return []
-    return [line for line in path.read_text().splitlines() if line]
+def forgotten_users(store: ModelStore | ObjectModelStore) -> list[str]:
+    return store.read_lines(FORGOTTEN_USERS)
 
 
-def forgotten_user_hashes(root: Path) -> set[str]:
-    path = Path(root) / FORGOTTEN_USER_HASHES
-    if not path.is_file():
-        return set()
-    return {line for line in path.read_text().splitlines() if line}
+def forgotten_user_hashes(store: ModelStore | ObjectModelStore) -> set[str]:
+    return set(store.read_lines(FORGOTTEN_USER_HASHES))

@@ -12,6 +12,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shopping_guide_contracts import training_result
 
@@ -22,8 +23,12 @@ from .catalog import CatalogSchema
 from .errors import ConfigError, ShoppingGuideError
 from .events import FORMATS, EventSchema
 from .interactions import SCALES
+from .object_store import S3Options, open_store
 from .splits import SPLITS
 from .training import TrainConfig, train
+
+if TYPE_CHECKING:
+    from .serving.registry import ModelSource
 
 log = logging.getLogger("shopping_guide")
 
@@ -60,6 +65,23 @@ def _add_guide(group: argparse._ActionsContainer) -> None:
     )
 
 
+STORE_HELP = "a directory (the mounted claim) or s3://BUCKET[/PREFIX]"
+
+
+def _add_s3(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "object storage (s3:// locations; credentials from AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY)"
+    )
+    group.add_argument("--s3-endpoint", help="http(s)://HOST[:PORT] (default: AWS)")
+    group.add_argument("--s3-region", default="us-east-1")
+    group.add_argument("--s3-ca-file", type=Path, help="PEM bundle that signs the endpoint's TLS")
+
+
+def _s3(args: argparse.Namespace) -> S3Options:
+    return S3Options(endpoint=args.s3_endpoint, region=args.s3_region, ca_file=args.s3_ca_file)
+
+
 def _versions(values: Sequence[str]) -> list[str]:
     return [v.strip() for raw in values for v in raw.split(",") if v.strip()]
 
@@ -67,7 +89,9 @@ def _versions(values: Sequence[str]) -> list[str]:
 def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("train", help="train, evaluate and store a model version")
     data = p.add_argument_group("events")
-    data.add_argument("--events", type=Path, required=True, help="CSV/TSV/JSONL/Parquet file")
+    data.add_argument(
+        "--events", required=True, help="CSV/TSV/JSONL/Parquet file, a path or s3://BUCKET/KEY"
+    )
     data.add_argument("--format", choices=FORMATS, help="default: from the file name")
     data.add_argument("--user-col", default="user_id")
     data.add_argument("--item-col", default="item_id")
@@ -114,7 +138,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--scale", choices=SCALES, default="raw", help="transform of each user x item sum"
     )
     model = p.add_argument_group("model")
-    model.add_argument("--model-store", type=Path, required=True)
+    model.add_argument("--model-store", required=True, help=STORE_HELP)
     model.add_argument(
         "--algorithm",
         choices=[*ALGORITHMS, AUTO],
@@ -195,6 +219,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=Path,
         help="also write the result there (Kubernetes termination message)",
     )
+    _add_s3(p)
     p.set_defaults(handler=_run_train)
 
 
@@ -221,6 +246,7 @@ def _run_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         events=args.events,
         model_store=args.model_store,
+        s3=_s3(args),
         schema=schema,
         format=args.format,
         on_invalid=args.on_invalid,
@@ -271,7 +297,14 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="serve recommendations over HTTP")
-    p.add_argument("--model-store", type=Path, required=True)
+    p.add_argument("--model-store", required=True, help=STORE_HELP)
+    p.add_argument(
+        "--model-cache",
+        type=Path,
+        help="with an object store: the local directory routed versions are downloaded into "
+        "(an emptyDir), checked and served from",
+    )
+    _add_s3(p)
     _add_guide(p)
     p.add_argument(
         "--routing",
@@ -356,8 +389,21 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(handler=_run_serve)
 
 
-def _run_serve(args: argparse.Namespace) -> int:
+def _model_source(args: argparse.Namespace) -> ModelSource:
     from .artifacts import ModelStore
+    from .object_store import ObjectModelStore
+    from .serving.model_cache import ModelCache
+
+    store = open_store(args.model_store, args.guide, _s3(args))
+    if isinstance(store, ObjectModelStore):
+        if args.model_cache is None:
+            raise ConfigError("--model-cache is required with an object store (s3://...)")
+        return ModelCache(store, args.model_cache)
+    assert isinstance(store, ModelStore)
+    return store
+
+
+def _run_serve(args: argparse.Namespace) -> int:
     from .serving.app import build_app
     from .serving.attribution import Attributor, load_key
     from .serving.batcher import ScoringConfig, default_threads
@@ -379,7 +425,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     registry = Registry(
-        ModelStore(args.model_store, args.guide),
+        _model_source(args),
         args.routing,
         ann_min_items=args.ann_min_items or None,
     )
@@ -404,15 +450,16 @@ def _add_forget(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = sub.add_parser(
         "forget-user", help="remove a user from every stored model version, every guide's"
     )
-    p.add_argument("--model-store", type=Path, required=True)
+    p.add_argument("--model-store", required=True, help=STORE_HELP)
     p.add_argument("user_id")
+    _add_s3(p)
     p.set_defaults(handler=_run_forget)
 
 
 def _run_forget(args: argparse.Namespace) -> int:
-    from .artifacts import ModelStore, forget_user
+    from .artifacts import forget_user
 
-    changed = forget_user(ModelStore(args.model_store), args.user_id)
+    changed = forget_user(open_store(args.model_store, s3=_s3(args)), args.user_id)
     print(json.dumps({"forgotten": True, "versions": changed}))
     return 0
 
@@ -422,7 +469,8 @@ def _add_forget_users(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "forget-users",
         help="remove users, named by the SHA-256 of their id, from every stored model version",
     )
-    p.add_argument("--model-store", type=Path, required=True)
+    p.add_argument("--model-store", required=True, help=STORE_HELP)
+    _add_s3(p)
     p.add_argument(
         "--user-sha256",
         action="append",
@@ -439,13 +487,13 @@ def _add_forget_users(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _run_forget_users(args: argparse.Namespace) -> int:
-    from .artifacts import ModelStore, forget_users_by_hash
+    from .artifacts import forget_users_by_hash
 
     digests = set(args.user_sha256)
     bad = sorted(d for d in digests if not re.fullmatch(r"[0-9a-f]{64}", d))
     if bad:
         raise ConfigError(f"--user-sha256 must be 64 lower-case hex digits, got {bad[0]!r}")
-    changed = forget_users_by_hash(ModelStore(args.model_store), digests)
+    changed = forget_users_by_hash(open_store(args.model_store, s3=_s3(args)), digests)
     document = json.dumps({"versions": changed, "users": len(digests)})
     if args.termination_log:
         args.termination_log.write_text(document)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from shopping_guide_contracts import training_result
 
 from .algorithms import AUTO, AUTO_FAMILIES, Value, fit, resolve_params
 from .ann import AnnIndex
-from .artifacts import ModelStore, forgotten_user_hashes, forgotten_users, user_sha256
+from .artifacts import forgotten_user_hashes, forgotten_users, user_sha256
 from .baskets import (
     BasketModel,
     Baskets,
@@ -38,14 +39,18 @@ from .events import Events, EventSchema, Format, InvalidPolicy, load_events, rea
 from .hybrid import cold_item_evaluation, extend_items
 from .interactions import Interactions, Scale, build_interactions
 from .model import Model
+from .object_store import S3Options, open_events, open_store
 from .splits import SplitKind, split
 from .tuning import Method, search, search_families, tune_content_weight
 
 
 @dataclass
 class TrainConfig:
-    events: Path
-    model_store: Path
+    # A local path or s3://bucket/key (downloaded first, see object_store.open_events).
+    events: Path | str
+    # A claim's directory or s3://bucket/prefix.
+    model_store: Path | str
+    s3: S3Options | None = None
     schema: EventSchema = field(default_factory=EventSchema)
     format: Format | None = None
     on_invalid: InvalidPolicy = "error"
@@ -94,6 +99,12 @@ def _rounded(metrics: dict[str, float]) -> dict[str, float]:
 
 def train(config: TrainConfig) -> dict[str, Any]:
     """Run the whole pipeline; raises ShoppingGuideError subclasses on bad input."""
+    with tempfile.TemporaryDirectory(prefix="shopping-guide-events-") as scratch:
+        events = open_events(str(config.events), config.s3, Path(scratch))
+        return _train(replace(config, events=events), source=str(config.events))
+
+
+def _train(config: TrainConfig, source: str) -> dict[str, Any]:
     if config.k < 1:
         raise ConfigError("k must be at least 1")
     if config.metric not in training_result.metric_keys(config.k):
@@ -119,9 +130,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
         timings[name] = round(now - since, 3)
         return now
 
-    events = load_events(config.events, config.schema, config.format, config.on_invalid)
-    forgotten = forgotten_users(config.model_store)
-    hashed = forgotten_user_hashes(config.model_store)
+    store = open_store(config.model_store, config.guide, config.s3)
+    events = load_events(Path(config.events), config.schema, config.format, config.on_invalid)
+    forgotten = forgotten_users(store)
+    hashed = forgotten_user_hashes(store)
     if hashed:
         # Erasure requests name users by hash only: find which of these users they are.
         users = np.unique(events.users.to_numpy(zero_copy_only=False).astype(str))
@@ -218,7 +230,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
         )
         mark = lap("bought_together", mark)
 
-    store = ModelStore(config.model_store, config.guide)
     champion: dict[str, Any] | None = None
     champion_error: str | None = None
     if config.champion:
@@ -282,7 +293,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         {
             "metrics": _rounded(metrics),
             "baseline": {"popularity": _rounded(popularity)},
-            "data": {**data_summary, "source": str(config.events)},
+            "data": {**data_summary, "source": source},
             "evaluation": evaluation,
             "refit": config.refit,
             "hybrid": hybrid,
@@ -387,6 +398,6 @@ def _catalog(config: TrainConfig) -> Catalog | None:
         return None
     title, price = config.catalog_from_events
     columns = [config.schema.item_col, title, *([price] if price else [])]
-    table, _ = read_columns(config.events, columns, config.format, "skip")
+    table, _ = read_columns(Path(config.events), columns, config.format, "skip")
     derived = derive_from_events(table, config.schema.item_col, title, price)
     return catalog_from_table(derived)

@@ -182,7 +182,7 @@ def test_forget_user_reaches_every_guide_and_the_flat_layout(
     for store, version in zip(stores, versions, strict=True):
         assert user not in set(store.load(version).user_ids)
         assert store.versions() == [version]
-    assert forgotten_users(tmp_path) == [user]
+    assert forgotten_users(ModelStore(tmp_path)) == [user]
 
 
 @pytest.mark.parametrize("guide", ["storefront", "shop/../x", "shop/a/b", "Shop/a", "/a", ".."])

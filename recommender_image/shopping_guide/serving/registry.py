@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from shopping_guide_contracts.routing import Cohort, Routing, RoutingError, parse
 
-from ..artifacts import ModelStore
+from ..artifacts import LoadedModel
 from ..errors import ShoppingGuideError
 from .metrics import failure_reason
 from .scorer import ServingModel
@@ -63,10 +63,17 @@ class Snapshot:
         return self.stable, "stable"
 
 
+class ModelSource(Protocol):
+    """Where versions load from: the claim (`artifacts.ModelStore`) or an object store
+    through the pod's cache (`model_cache.ModelCache`)."""
+
+    def load(self, version: str, verify: bool = True) -> LoadedModel: ...
+
+
 class Registry:
     def __init__(
         self,
-        store: ModelStore,
+        store: ModelSource,
         routing_path: Path,
         *,
         ann_min_items: int | None = 200_000,
@@ -160,6 +167,9 @@ class Registry:
             models[keep.version] = keep
             routing = replace(routing, stable=keep.version)
         self.snapshot = Snapshot(routing, models, failures, generation)
+        retain = getattr(self.store, "retain", None)
+        if retain is not None:
+            await asyncio.to_thread(retain, set(models))
         for listener in self._listeners:
             listener(self.snapshot)
 
@@ -180,6 +190,8 @@ class Registry:
             "stable": snap.stable.describe() if snap.stable else None,
             "canary": None,
             "routing_error": self.routing_error,
+            # An object store that cannot be reached: what is loaded keeps serving.
+            "store_error": getattr(self.store, "error", None),
         }
         if routing and routing.canary:
             canary = snap.canary

@@ -308,6 +308,10 @@ class Readiness(Struct):
     stable: LoadedVersion | None
     canary: CanaryReadiness | None
     routing_error: str | None
+    store_error: Annotated[
+        str | None,
+        Meta(description="an object store that cannot be reached; the loaded versions serve"),
+    ] = None
     stable_error: str | UnsetType = UNSET
     draining: bool | UnsetType = UNSET
 
