@@ -194,7 +194,7 @@ def corrupt_copy(store: Path, version: str, name: str) -> str:
 
 @contextlib.contextmanager
 def running_server(
-    store: Path, version: str, root: Path, *extra: str, canary: str | None = None
+    store: Path | str, version: str, root: Path, *extra: str, canary: str | None = None
 ) -> Iterator[Server]:
     """A server process of its own on `store`, serving `version` (and half the users a
     `canary`); `extra` are more flags of `serve`."""
@@ -214,7 +214,8 @@ def running_server(
              "--reload-interval", "0.2", "--shutdown-timeout", "5", *extra],
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
-    srv = Server(f"http://127.0.0.1:{port}", process, routing, Models(store, version, version), log)
+    models = Models(Path(store) if isinstance(store, Path) else root, version, version)
+    srv = Server(f"http://127.0.0.1:{port}", process, routing, models, log)
     try:
         srv.wait_for(lambda: _ready(srv))
         yield srv

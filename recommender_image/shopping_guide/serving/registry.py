@@ -85,6 +85,10 @@ class Registry:
         self.snapshot = Snapshot()
         self.routing_error: str | None = None
         self._seen_digest: str | None = None
+        # The routing as the file says, kept apart from the snapshot's: a stable version that
+        # failed to load is replaced there by the one that serves, and a retry must aim at
+        # what the file asks for.
+        self._wanted: Routing | None = None
         self._failed_at: dict[str, float] = {}
         self._listeners: list[Callable[[Snapshot], None]] = []
         self._clock = clock
@@ -125,10 +129,11 @@ class Registry:
             ]
             if routing is None and not due and not force:
                 return False
-            routing = routing or self.snapshot.routing
+            routing = routing or self._wanted or self.snapshot.routing
             if routing is None:
                 return False
             self.routing_error = None
+            self._wanted = routing
             await self._apply(routing)
             self._seen_digest = digest
             return True
