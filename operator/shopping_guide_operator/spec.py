@@ -77,6 +77,74 @@ def _claim(parent: Mapping[str, Any], where: str) -> str:
     return claim
 
 
+@dataclass(frozen=True)
+class S3Location:
+    """An object (events) or a prefix (the model store) in S3 or what speaks its API; the
+    credentials stay in a Secret, read into the pod's environment."""
+
+    bucket: str
+    path: str
+    endpoint: str | None
+    region: str
+    secret: str
+    access_key_key: str
+    secret_key_key: str
+    ca_config_map: str | None = None
+    ca_key: str = "ca.crt"
+
+    @classmethod
+    def parse(cls, s3: Mapping[str, Any], where: str, path_field: str) -> S3Location:
+        bucket = s3.get("bucket")
+        if not isinstance(bucket, str) or not bucket:
+            raise SpecError(f"{where}.bucket is required")
+        path = str(s3.get(path_field, "") or "").strip("/")
+        if ".." in path.split("/"):
+            raise SpecError(f"{where}.{path_field} must not contain '..'")
+        credentials = _obj(s3, "credentialsSecret")
+        secret = credentials.get("name")
+        if not isinstance(secret, str) or not secret:
+            raise SpecError(f"{where}.credentialsSecret.name is required")
+        ca = _obj(s3, "caBundle")
+        return cls(
+            bucket=bucket,
+            path=path,
+            endpoint=s3.get("endpoint") or None,
+            region=str(s3.get("region", "us-east-1")),
+            secret=secret,
+            access_key_key=str(credentials.get("accessKeyIdKey", "AWS_ACCESS_KEY_ID")),
+            secret_key_key=str(credentials.get("secretAccessKeyKey", "AWS_SECRET_ACCESS_KEY")),
+            ca_config_map=ca.get("configMapName") or None,
+            ca_key=str(ca.get("key", "ca.crt")),
+        )
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.path}" if self.path else f"s3://{self.bucket}"
+
+
+@dataclass(frozen=True)
+class ModelStoreSpec:
+    """Exactly one of a claim (ReadWriteMany, mounted by every pod) and an object store
+    (copied into each serving pod's cache)."""
+
+    claim: str | None
+    s3: S3Location | None
+    keep: int = 5
+    cache_limit: str = "4Gi"
+
+    @classmethod
+    def parse(cls, store: Mapping[str, Any]) -> ModelStoreSpec:
+        s3 = _obj(store, "s3")
+        if bool(s3) == bool(store.get("persistentVolumeClaim")):
+            raise SpecError("modelStore needs exactly one of persistentVolumeClaim and s3")
+        return cls(
+            claim=None if s3 else _claim(store, "modelStore"),
+            s3=S3Location.parse(s3, "modelStore.s3", "prefix") if s3 else None,
+            keep=int(store.get("keep", 5)),
+            cache_limit=str(s3.get("cacheSizeLimit", "4Gi")),
+        )
+
+
 def _pinned(model: Mapping[str, Any]) -> str | None:
     pinned = model.get("pinnedVersion")
     if not pinned:
@@ -104,7 +172,8 @@ class Placement:
 
 @dataclass(frozen=True)
 class Data:
-    claim: str
+    # Exactly one of a claim and a path in it, or an object in S3.
+    claim: str | None
     path: str
     format: str | None
     columns: Mapping[str, str]
@@ -114,16 +183,22 @@ class Data:
     min_user_items: int | None
     exclude_items: tuple[str, ...] = ()
     catalog: Mapping[str, Any] | None = None
+    s3: S3Location | None = None
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> Data:
         interactions = _obj(data, "interactions")
-        path = interactions.get("path")
+        s3 = _obj(interactions, "s3")
+        if bool(s3) == bool(interactions.get("persistentVolumeClaim")):
+            raise SpecError("data.interactions needs exactly one of persistentVolumeClaim and s3")
+        location = S3Location.parse(s3, "data.interactions.s3", "key") if s3 else None
+        path = interactions.get("path") if location is None else location.path
         if not isinstance(path, str) or not path or path.startswith("/"):
             raise SpecError("data.interactions.path must be a path relative to the claim")
         columns = {"user": "user_id", "item": "item_id", **_obj(interactions, "columns")}
         return cls(
-            claim=_claim(interactions, "data.interactions"),
+            s3=location,
+            claim=None if location else _claim(interactions, "data.interactions"),
             path=path,
             format=interactions.get("format"),
             columns=columns,
@@ -290,8 +365,7 @@ class Guide:
     image_pull_policy: str
     image_pull_secrets: tuple[str, ...]
     data: Data
-    model_store_claim: str
-    keep: int
+    model_store: ModelStoreSpec
     model: Model
     training: Training
     serving: Serving
@@ -318,8 +392,7 @@ class Guide:
             image_pull_policy=str(spec.get("imagePullPolicy", "IfNotPresent")),
             image_pull_secrets=tuple(s["name"] for s in spec.get("imagePullSecrets") or ()),
             data=Data.parse(_obj(spec, "data")),
-            model_store_claim=_claim(store, "modelStore"),
-            keep=int(store.get("keep", 5)),
+            model_store=ModelStoreSpec.parse(store),
             model=Model.parse(_obj(spec, "model")),
             training=Training.parse(_obj(spec, "training")),
             serving=Serving.parse(_obj(spec, "serving")),
@@ -395,6 +468,7 @@ class Guide:
             "data": {
                 "claim": data.claim,
                 "path": data.path,
+                **({"s3": data.s3.uri} if data.s3 else {}),
                 "format": data.format,
                 "columns": {str(k): str(v) for k, v in data.columns.items()},
                 "onInvalid": data.on_invalid,

@@ -68,18 +68,28 @@ def _add_guide(group: argparse._ActionsContainer) -> None:
 STORE_HELP = "a directory (the mounted claim) or s3://BUCKET[/PREFIX]"
 
 
-def _add_s3(parser: argparse.ArgumentParser) -> None:
+def _add_s3(parser: argparse.ArgumentParser, of: str = "") -> None:
+    """The S3 options of the model store, or (`of="events"`) of an s3:// events file."""
+    flag, env = (f"--{of}-s3", f"{of.upper()}_") if of else ("--s3", "")
     group = parser.add_argument_group(
-        "object storage (s3:// locations; credentials from AWS_ACCESS_KEY_ID and "
-        "AWS_SECRET_ACCESS_KEY)"
+        f"object storage{' of the ' + of if of else ''} (s3:// locations; credentials from "
+        f"{env}AWS_ACCESS_KEY_ID and {env}AWS_SECRET_ACCESS_KEY)"
     )
-    group.add_argument("--s3-endpoint", help="http(s)://HOST[:PORT] (default: AWS)")
-    group.add_argument("--s3-region", default="us-east-1")
-    group.add_argument("--s3-ca-file", type=Path, help="PEM bundle that signs the endpoint's TLS")
+    group.add_argument(f"{flag}-endpoint", help="http(s)://HOST[:PORT] (default: AWS)")
+    group.add_argument(f"{flag}-region", default="us-east-1")
+    group.add_argument(
+        f"{flag}-ca-file", type=Path, help="PEM bundle that signs the endpoint's TLS"
+    )
 
 
-def _s3(args: argparse.Namespace) -> S3Options:
-    return S3Options(endpoint=args.s3_endpoint, region=args.s3_region, ca_file=args.s3_ca_file)
+def _s3(args: argparse.Namespace, of: str = "") -> S3Options:
+    dest, prefix = (f"{of}_s3", f"{of.upper()}_") if of else ("s3", "")
+    return S3Options(
+        endpoint=getattr(args, f"{dest}_endpoint"),
+        region=getattr(args, f"{dest}_region"),
+        ca_file=getattr(args, f"{dest}_ca_file"),
+        credentials_prefix=prefix,
+    )
 
 
 def _versions(values: Sequence[str]) -> list[str]:
@@ -220,6 +230,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="also write the result there (Kubernetes termination message)",
     )
     _add_s3(p)
+    _add_s3(p, "events")
     p.set_defaults(handler=_run_train)
 
 
@@ -247,6 +258,7 @@ def _run_train(args: argparse.Namespace) -> int:
         events=args.events,
         model_store=args.model_store,
         s3=_s3(args),
+        events_s3=_s3(args, "events"),
         schema=schema,
         format=args.format,
         on_invalid=args.on_invalid,

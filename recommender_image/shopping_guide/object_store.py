@@ -84,6 +84,9 @@ class S3Options:
     ca_file: Path | None = None
     connect_timeout: float = 5.0
     request_timeout: float = 30.0
+    # Where the credentials are: `<prefix>AWS_ACCESS_KEY_ID` and `<prefix>AWS_SECRET_ACCESS_KEY`
+    # (the events may live in another store than the models, with keys of their own).
+    credentials_prefix: str = ""
 
     def filesystem(self) -> pafs.S3FileSystem:
         scheme, override = "https", None
@@ -94,10 +97,11 @@ class S3Options:
                     f"the S3 endpoint must be http(s)://HOST[:PORT], got {self.endpoint!r}"
                 )
             override = rest.rstrip("/")
+        prefix = self.credentials_prefix
         return pafs.S3FileSystem(
-            access_key=os.environ.get("AWS_ACCESS_KEY_ID") or None,
-            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
-            session_token=os.environ.get("AWS_SESSION_TOKEN") or None,
+            access_key=os.environ.get(f"{prefix}AWS_ACCESS_KEY_ID") or None,
+            secret_key=os.environ.get(f"{prefix}AWS_SECRET_ACCESS_KEY") or None,
+            session_token=os.environ.get(f"{prefix}AWS_SESSION_TOKEN") or None,
             region=self.region,
             scheme=scheme,
             endpoint_override=override,

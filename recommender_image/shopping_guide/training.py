@@ -51,6 +51,7 @@ class TrainConfig:
     # A claim's directory or s3://bucket/prefix.
     model_store: Path | str
     s3: S3Options | None = None
+    events_s3: S3Options | None = None
     schema: EventSchema = field(default_factory=EventSchema)
     format: Format | None = None
     on_invalid: InvalidPolicy = "error"
@@ -100,7 +101,7 @@ def _rounded(metrics: dict[str, float]) -> dict[str, float]:
 def train(config: TrainConfig) -> dict[str, Any]:
     """Run the whole pipeline; raises ShoppingGuideError subclasses on bad input."""
     with tempfile.TemporaryDirectory(prefix="shopping-guide-events-") as scratch:
-        events = open_events(str(config.events), config.s3, Path(scratch))
+        events = open_events(str(config.events), config.events_s3, Path(scratch))
         return _train(replace(config, events=events), source=str(config.events))
 
 

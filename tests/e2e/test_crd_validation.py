@@ -63,7 +63,74 @@ def _set(path: str, value: Any) -> Mutation:
 
 
 # (what is wrong, how, a piece of the message the user must see)
+S3_STORE: dict[str, Any] = {
+    "bucket": "shop-models",
+    "endpoint": "http://s3.storage.svc:7070",
+    "credentialsSecret": {"name": "s3-keys"},
+}
+
+
+def _s3_store(**changes: Any) -> Mutation:
+    def mutate(body: dict[str, Any]) -> None:
+        body["spec"]["modelStore"] = {"s3": {**copy.deepcopy(S3_STORE), **changes}}
+        for key in [k for k, v in changes.items() if v is None]:
+            del body["spec"]["modelStore"]["s3"][key]
+
+    return mutate
+
+
+def _s3_events(**changes: Any) -> Mutation:
+    def mutate(body: dict[str, Any]) -> None:
+        interactions = body["spec"]["data"]["interactions"]
+        del interactions["persistentVolumeClaim"], interactions["path"]
+        interactions["s3"] = {**copy.deepcopy(S3_STORE), "key": "events/log.csv.xz"}
+        # Anything else lands beside s3, e.g. a claim's `path`.
+        interactions.update(changes)
+
+    return mutate
+
+
 INVALID: list[tuple[str, Mutation, str]] = [
+    (
+        "both kinds of model store",
+        _set("spec.modelStore.s3", S3_STORE),
+        "modelStore needs exactly one of persistentVolumeClaim and s3",
+    ),
+    (
+        "no model store",
+        _set("spec.modelStore", {"keep": 3}),
+        "modelStore needs exactly one of persistentVolumeClaim and s3",
+    ),
+    (
+        "an s3 store without credentials",
+        _s3_store(credentialsSecret=None),
+        "spec.modelStore.s3.credentialsSecret: Required value",
+    ),
+    (
+        "an s3 store with a path for an endpoint",
+        _s3_store(endpoint="http://s3.storage.svc:7070/models"),
+        "spec.modelStore.s3.endpoint in body should match",
+    ),
+    (
+        "an s3 prefix that climbs",
+        _s3_store(prefix="models/../other"),
+        "prefix must not start with '/' or contain '..'",
+    ),
+    (
+        "a bucket name S3 refuses",
+        _s3_store(bucket="Shop_Models"),
+        "spec.modelStore.s3.bucket in body should match",
+    ),
+    (
+        "events on a claim and in s3",
+        _set("spec.data.interactions.s3", {**S3_STORE, "key": "events.csv"}),
+        "data.interactions needs exactly one of persistentVolumeClaim (with path) and s3",
+    ),
+    (
+        "s3 events with a claim's path",
+        _s3_events(path="e.csv"),
+        "an s3 events file is named by s3.key",
+    ),
     ("no image", _set("spec.image", None), "spec.image: Required value"),
     (
         "minReplicas above maxReplicas",
@@ -591,6 +658,9 @@ VALID_VARIANTS: list[tuple[str, Mutation]] = [
     ),
     ("a toleration of every taint", _set("spec.serving.tolerations", [{"operator": "Exists"}])),
     ("durations", _set("spec.training.retry", {"initialDelay": "1.5s", "maxDelay": "1h30m"})),
+    ("models in s3", _s3_store(caBundle={"configMapName": "s3-ca"}, prefix="shop/models")),
+    ("models in AWS S3", _s3_store(endpoint=None, region="eu-west-1")),
+    ("events in s3", _s3_events()),
 ]
 
 
@@ -643,6 +713,23 @@ def test_invalid_manifest_is_rejected(
     out = apply(crd, namespace, body, "--dry-run=server")
     assert out.returncode != 0, f"{case} was accepted"
     assert message in out.stderr, out.stderr
+
+
+def test_the_kind_of_model_store_and_its_bucket_cannot_change(crd: Kube, namespace: str) -> None:
+    assert apply(crd, namespace, VALID).returncode == 0
+    moved = copy.deepcopy(VALID)
+    _s3_store()(moved)
+    out = apply(crd, namespace, moved)
+    assert out.returncode != 0
+    assert "modelStore cannot change between a claim and s3" in out.stderr
+    crd.kubectl("delete", "sg", "storefront", "-n", namespace, "--wait=true")
+    assert apply(crd, namespace, moved).returncode == 0
+    elsewhere = copy.deepcopy(moved)
+    elsewhere["spec"]["modelStore"]["s3"]["bucket"] = "other-models"
+    out = apply(crd, namespace, elsewhere)
+    assert out.returncode != 0
+    assert "modelStore.s3 bucket and prefix cannot change" in out.stderr
+    crd.kubectl("delete", "sg", "storefront", "-n", namespace, "--wait=false")
 
 
 def test_the_model_store_claim_cannot_change(crd: Kube, namespace: str) -> None:

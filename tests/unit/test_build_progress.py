@@ -98,7 +98,7 @@ def test_addons_count_what_is_missing_and_stop_at_a_failure(tmp_path: Path) -> N
     fake_tool(tmp_path / "bin", "go", "echo 'go: module lookup disabled (fake)' >&2; exit 1")
     done = run_script("build-addons.sh", tmp_path / "bin", tmp_path / "cache")
     assert done.returncode == 1
-    assert "[build-addons] [1/2] coredns v1.14.7: building (log: " in done.stderr
+    assert "[build-addons] [1/3] coredns v1.14.7: building (log: " in done.stderr
     assert "    | go: module lookup disabled (fake)" in done.stderr
     assert done.stderr.rstrip().endswith("[build-addons] retry with: make cluster-binaries")
 

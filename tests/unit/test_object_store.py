@@ -227,15 +227,22 @@ def test_a_claim_and_a_bucket_are_told_apart(tmp_path: Path) -> None:
 
 
 def test_train_reads_events_from_a_bucket_and_writes_there_with_its_champion(
-    s3_server: S3Server, s3_store: str, two_taste_csv: Path, tmp_path: Path
+    s3_server: S3Server,
+    s3_store: str,
+    two_taste_csv: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(f"EVENTS_{name}", value)
     bucket, _ = parse_uri(s3_store)
     fs = s3_server.filesystem()
     with fs.open_output_stream(f"{bucket}/events/log.csv.gz") as out:
         out.write(gzip.compress(two_taste_csv.read_bytes()))
     common = [
         "train", "--events", f"s3://{bucket}/events/log.csv.gz", "--model-store", s3_store,
-        "--s3-endpoint", s3_server.endpoint, "--guide", "shop/storefront",
+        "--s3-endpoint", s3_server.endpoint, "--events-s3-endpoint", s3_server.endpoint,
+        "--guide", "shop/storefront",
         "--param", "factors=4", "--keep", "1",
     ]  # fmt: skip
     results: list[dict[str, Any]] = []
@@ -257,12 +264,17 @@ def test_train_reads_events_from_a_bucket_and_writes_there_with_its_champion(
 
 
 def test_a_missing_events_object_is_a_clear_error(
-    s3_server: S3Server, s3_store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    s3_server: S3Server,
+    s3_store: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(f"EVENTS_{name}", value)
     bucket, _ = parse_uri(s3_store)
     code = main(
         ["train", "--events", f"s3://{bucket}/nothing.csv", "--model-store", s3_store,
-         "--s3-endpoint", s3_server.endpoint]
+         "--s3-endpoint", s3_server.endpoint, "--events-s3-endpoint", s3_server.endpoint]
     )  # fmt: skip
     assert code == 1
     assert f"events object s3://{bucket}/nothing.csv not found" in capsys.readouterr().err

@@ -107,16 +107,13 @@ def tmp_volume() -> tuple[JSON, JSON]:
     )
 
 
-def models_volume(guide: Guide) -> JSON:
-    return {"name": "models", "persistentVolumeClaim": {"claimName": guide.model_store_claim}}
-
-
 def batch_pod_template(
     guide: Guide,
     pod_labels: dict[str, str],
     args: list[str],
     mounts: list[JSON],
     volumes: list[JSON],
+    env: list[JSON] | None = None,
 ) -> JSON:
     """The pod of a run-to-completion trainer command (training, erasure): one attempt, no
     API token, read-only root with a writable /tmp, the training resources and placement. The
@@ -133,6 +130,8 @@ def batch_pod_template(
         "securityContext": container_security_context(),
         "volumeMounts": [*mounts, tmp_mount],
     }
+    if env:
+        container["env"] = env
     if guide.training.resources:
         container["resources"] = dict(guide.training.resources)
     return {

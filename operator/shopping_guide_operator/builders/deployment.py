@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from shopping_guide_contracts.routing import CONFIGMAP_KEY
 
-from ..constants import COMPONENT_SERVING, MODEL_MOUNT, ROUTING_MOUNT, SERVER_CONTAINER
+from ..constants import COMPONENT_SERVING, ROUTING_MOUNT, SERVER_CONTAINER
 from ..spec import JSON, Guide
+from . import store
 from .attribution import ATTRIBUTION_MOUNT, attribution_key_path, attribution_secret_name
 from .common import (
     container_security_context,
@@ -40,8 +41,7 @@ TERMINATION_GRACE_SECONDS = PRESTOP_SECONDS + DRAIN_SECONDS + SHUTDOWN_SECONDS +
 def server_args(guide: Guide) -> list[str]:
     return [
         "serve",
-        "--model-store",
-        MODEL_MOUNT,
+        *store.model_store(guide, writes=False, serves=True).args,
         *guide_store_args(guide),
         "--routing",
         f"{ROUTING_MOUNT}/{CONFIGMAP_KEY}",
@@ -70,6 +70,7 @@ def server_args(guide: Guide) -> list[str]:
 def build_deployment(guide: Guide) -> JSON:
     serving = guide.serving
     tmp, tmp_mount = tmp_volume()
+    models = store.model_store(guide, writes=False, serves=True)
     container: JSON = {
         "name": SERVER_CONTAINER,
         "image": guide.image,
@@ -81,6 +82,7 @@ def build_deployment(guide: Guide) -> JSON:
             {"name": "OPENBLAS_NUM_THREADS", "value": "1"},
             # The `guide` label of every metric the server exports.
             {"name": "SHOPPING_GUIDE_NAME", "value": guide.name},
+            *models.env,
         ],
         "ports": [
             {"name": "http", "containerPort": serving.port, "protocol": "TCP"},
@@ -105,7 +107,7 @@ def build_deployment(guide: Guide) -> JSON:
         "resources": dict(serving.resources),
         "securityContext": container_security_context(),
         "volumeMounts": [
-            {"name": "models", "mountPath": MODEL_MOUNT, "readOnly": True},
+            *models.mounts,
             {"name": "routing", "mountPath": ROUTING_MOUNT, "readOnly": True},
             {"name": "attribution", "mountPath": ATTRIBUTION_MOUNT, "readOnly": True},
             tmp_mount,
@@ -134,13 +136,7 @@ def build_deployment(guide: Guide) -> JSON:
                 "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                 "containers": [container],
                 "volumes": [
-                    {
-                        "name": "models",
-                        "persistentVolumeClaim": {
-                            "claimName": guide.model_store_claim,
-                            "readOnly": True,
-                        },
-                    },
+                    *models.volumes,
                     {"name": "routing", "configMap": {"name": routing_configmap_name(guide)}},
                     {
                         "name": "attribution",

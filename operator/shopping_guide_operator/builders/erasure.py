@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from ..constants import MODEL_MOUNT, TERMINATION_LOG
+from ..constants import TERMINATION_LOG
 from ..erasure import Request, job_name
 from ..spec import JSON, Guide
-from .common import batch_pod_template, labels, metadata, models_volume
+from . import store
+from .common import batch_pod_template, labels, metadata
 
 COMPONENT_ERASURE = "erasure"
 # Long enough for an audit to find the Job; the request's status keeps the outcome after it.
@@ -13,10 +14,10 @@ FINISHED_JOB_TTL_SECONDS = 7 * 86400
 
 
 def build_erasure_job(guide: Guide, request: Request) -> JSON:
+    models = store.model_store(guide, writes=True)
     args = [
         "forget-users",
-        "--model-store",
-        MODEL_MOUNT,
+        *models.args,
         "--termination-log",
         TERMINATION_LOG,
         *(arg for digest in request.user_hashes for arg in ("--user-sha256", digest)),
@@ -25,8 +26,9 @@ def build_erasure_job(guide: Guide, request: Request) -> JSON:
         guide,
         labels(guide, COMPONENT_ERASURE),
         args,
-        [{"name": "models", "mountPath": MODEL_MOUNT}],
-        [models_volume(guide)],
+        models.mounts,
+        models.volumes,
+        env=models.env,
     )
     return {
         "apiVersion": "batch/v1",

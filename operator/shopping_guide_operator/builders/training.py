@@ -20,14 +20,13 @@ from shopping_guide_contracts.routing import CONFIGMAP_KEY
 from ..constants import (
     ANNOTATION_SPEC_HASH,
     COMPONENT_TRAINING,
-    DATA_MOUNT,
     LABEL_RUN,
     LABEL_TRIGGER,
-    MODEL_MOUNT,
     ROUTING_MOUNT,
     TERMINATION_LOG,
 )
 from ..spec import JSON, Guide
+from . import store
 from .common import (
     batch_pod_template,
     cronjob_name,
@@ -35,7 +34,6 @@ from .common import (
     job_name,
     labels,
     metadata,
-    models_volume,
     routing_configmap_name,
 )
 
@@ -76,7 +74,7 @@ def protected_versions(guide: Guide, status: Mapping[str, Any] | None) -> list[s
 
 def trainer_args(guide: Guide, champion: str | None, protect: Iterable[str] = ()) -> list[str]:
     data, training = guide.data, guide.training
-    args = ["train", "--events", f"{DATA_MOUNT}/{data.path}"]
+    args = ["train", *store.events(guide).args]
     if data.format:
         args += ["--format", data.format]
     for column in ("user", "item", "event", "weight", "time", "basket"):
@@ -99,7 +97,7 @@ def trainer_args(guide: Guide, champion: str | None, protect: Iterable[str] = ()
         ]
         args += ["--catalog-from-events", ",".join(columns)]
         args += ["--content-weight", _number((data.catalog or {}).get("contentWeight", 0.3))]
-    args += ["--model-store", MODEL_MOUNT, "--algorithm", guide.model.algorithm]
+    args += [*store.model_store(guide, writes=True).args, "--algorithm", guide.model.algorithm]
     for name, value in sorted(guide.model.params.items()):
         args += ["--param", f"{name}={_number(value)}"]
     evaluation = training.evaluation
@@ -123,7 +121,7 @@ def trainer_args(guide: Guide, champion: str | None, protect: Iterable[str] = ()
             args += ["--tune-trials", _number(tune["trials"])]
         if training.gate.metric.startswith("ndcg@"):
             args += ["--metric", training.gate.metric]
-    args += [*guide_store_args(guide), "--keep", _number(guide.keep)]
+    args += [*guide_store_args(guide), "--keep", _number(guide.model_store.keep)]
     if champion:
         # Scored on the same holdout, so the gate compares like for like; never pruned.
         args += ["--champion", champion]
@@ -138,23 +136,26 @@ def trainer_args(guide: Guide, champion: str | None, protect: Iterable[str] = ()
 def pod_template(
     guide: Guide, champion: str | None, pod_labels: dict[str, str], protect: Iterable[str] = ()
 ) -> JSON:
+    events, models = store.events(guide), store.model_store(guide, writes=True)
     mounts: list[JSON] = [
-        {"name": "data", "mountPath": DATA_MOUNT, "readOnly": True},
-        {"name": "models", "mountPath": MODEL_MOUNT},
+        *events.mounts,
+        *models.mounts,
         # Read when the run prunes: what serves then is never pruned.
         {"name": "routing", "mountPath": ROUTING_MOUNT, "readOnly": True},
     ]
     volumes: list[JSON] = [
-        {
-            "name": "data",
-            "persistentVolumeClaim": {"claimName": guide.data.claim, "readOnly": True},
-        },
-        models_volume(guide),
+        *events.volumes,
+        *models.volumes,
         # Optional: the first run may start before the operator wrote any routing.
         {"name": "routing", "configMap": {"name": routing_configmap_name(guide), "optional": True}},
     ]
     return batch_pod_template(
-        guide, pod_labels, trainer_args(guide, champion, protect), mounts, volumes
+        guide,
+        pod_labels,
+        trainer_args(guide, champion, protect),
+        mounts,
+        volumes,
+        env=[*events.env, *models.env],
     )
 
 
