@@ -4,7 +4,8 @@
 # their Go modules by hack/build-addons.sh; the images hold nothing but the static binary.
 #
 # Usage: hack/addons.sh build                    build the binaries (skips what is there)
-#        hack/addons.sh images                   build both images (localhost/shopping-guide/...)
+#        hack/addons.sh images                   build the images (localhost/shopping-guide/...:
+#                                                both add-ons and versitygw, the tests' S3)
 #                                                and save each as a docker-archive tarball;
 #                                                prints the tarball paths, one a line
 #        hack/addons.sh render                   print the manifests as they are applied
@@ -41,17 +42,21 @@ die() { log "error: $*"; exit 1; }
 # Versions, commits and directories, from the build script (the one place they are pinned).
 while IFS='=' read -r name value; do
     case "$name" in
-    COREDNS_VERSION | METRICS_SERVER_VERSION | COREDNS_COMMIT | METRICS_SERVER_COMMIT | \
-        COREDNS_MODULE | METRICS_SERVER_MODULE | ADDONS_DIR | BIN_DIR)
+    COREDNS_VERSION | METRICS_SERVER_VERSION | VERSITYGW_VERSION | COREDNS_COMMIT | \
+        METRICS_SERVER_COMMIT | VERSITYGW_COMMIT | COREDNS_MODULE | METRICS_SERVER_MODULE | \
+        VERSITYGW_MODULE | ADDONS_DIR | BIN_DIR)
         printf -v "$name" '%s' "$value"
         ;;
     esac
 done < <("$BUILD" --env)
-[[ -n "${BIN_DIR:-}" && -n "${COREDNS_VERSION:-}" && -n "${METRICS_SERVER_VERSION:-}" ]] ||
+[[ -n "${BIN_DIR:-}" && -n "${COREDNS_VERSION:-}" && -n "${METRICS_SERVER_VERSION:-}" &&
+    -n "${VERSITYGW_VERSION:-}" ]] ||
     die "$BUILD --env printed no versions"
 IMAGES_DIR="$ADDONS_DIR/images"
 COREDNS_IMAGE="$IMAGE_PREFIX/coredns:$COREDNS_VERSION"
 METRICS_SERVER_IMAGE="$IMAGE_PREFIX/metrics-server:$METRICS_SERVER_VERSION"
+# Not an add-on: the object store the end-to-end tests run as a pod.
+VERSITYGW_IMAGE="$IMAGE_PREFIX/versitygw:$VERSITYGW_VERSION"
 
 # --- addresses -------------------------------------------------------------------------
 
@@ -174,12 +179,17 @@ cmd_images() {
         "CoreDNS, the cluster DNS server"
     build_image metrics-server "$METRICS_SERVER_VERSION" "https://github.com/kubernetes-sigs/metrics-server" \
         "$METRICS_SERVER_COMMIT" "metrics-server, the Kubernetes resource metrics API"
+    build_image versitygw "$VERSITYGW_VERSION" "https://$VERSITYGW_MODULE" "$VERSITYGW_COMMIT" \
+        "versitygw, an S3 gateway over a directory (the tests' object store)"
     local coredns_tar="$IMAGES_DIR/coredns-$COREDNS_VERSION.tar"
     local ms_tar="$IMAGES_DIR/metrics-server-$METRICS_SERVER_VERSION.tar"
+    local vgw_tar="$IMAGES_DIR/versitygw-$VERSITYGW_VERSION.tar"
     save_image "$COREDNS_IMAGE" "$coredns_tar"
     save_image "$METRICS_SERVER_IMAGE" "$ms_tar"
+    save_image "$VERSITYGW_IMAGE" "$vgw_tar"
     echo "$coredns_tar"
     echo "$ms_tar"
+    echo "$vgw_tar"
 }
 
 # --- apply -----------------------------------------------------------------------------
