@@ -1,5 +1,5 @@
 """`make bench`: every benchmark in turn, one JSON object out (each also runs on its own:
-`python -m benchmarks.run`, `benchmarks.serving`, `benchmarks.operator_scale`)."""
+`python -m benchmarks.run`, `benchmarks.serving`, `benchmarks.operator_scale`, `benchmarks.object_store`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ SUITES = {
     "trainer": "benchmarks.run",
     "serving": "benchmarks.serving",
     "operator": "benchmarks.operator_scale",
+    "object_store": "benchmarks.object_store",
 }
 
 
