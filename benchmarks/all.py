@@ -1,5 +1,6 @@
 """`make bench`: every benchmark in turn, one JSON object out (each also runs on its own:
-`python -m benchmarks.run`, `benchmarks.serving`, `benchmarks.operator_scale`, `benchmarks.object_store`)."""
+`python -m benchmarks.run`, `benchmarks.serving`, `benchmarks.operator_scale`,
+`benchmarks.object_store`)."""
 
 from __future__ import annotations
 
