@@ -219,6 +219,27 @@ def test_models_in_a_bucket_train_serve_canary_prune_refuse_damage_and_survive_a
     rig: tuple[Product, Prometheus, Store],
 ) -> None:
     product, prometheus, store = rig
+    try:
+        scenario(product, prometheus, store)
+    except BaseException:
+        print(product.diagnose())
+        for component in ("training", "serving"):
+            print(
+                product.cluster.kubectl(
+                    "logs",
+                    "-n",
+                    product.namespace,
+                    "--tail=40",
+                    "--prefix",
+                    "-l",
+                    f"app.kubernetes.io/component={component}",
+                    check=False,
+                )
+            )
+        raise
+
+
+def scenario(product: Product, prometheus: Prometheus, store: Store) -> None:
     product.cluster.apply(guide(product, prometheus))
     first = product.wait_serving(GUIDE, timeout=600)["stable"]["version"]
     assert store.versions() == {first}

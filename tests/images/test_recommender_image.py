@@ -42,7 +42,7 @@ LIBRARIES = (
     "implicit", "implicit.cpu.als", "implicit.cpu.bpr", "implicit.nearest_neighbours", "faiss",
     "scipy", "scipy.sparse", "numpy", "threadpoolctl", "aiohttp", "prometheus_client", "yaml",
     "pyarrow", "pyarrow.compute", "pyarrow.csv", "pyarrow.json", "pyarrow.parquet",
-    "pyarrow.dataset", "pyarrow.fs",
+    "pyarrow.dataset", "pyarrow.fs", "pyarrow._s3fs",
 )  # fmt: skip
 
 # Imports every module of the packages named in argv, then the libraries after "--".
