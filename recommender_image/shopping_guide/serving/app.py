@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 
 import msgspec
 from aiohttp import hdrs, web
@@ -52,6 +53,9 @@ from .schema import (
     SimilarQuery,
     SimilarResponse,
     SourcedItem,
+    TrendingItem,
+    TrendingQuery,
+    TrendingResponse,
     UserPath,
 )
 from .scorer import Filters, Query, Ranked, ServingModel
@@ -68,6 +72,7 @@ _ENDPOINTS = {
     "/v1/feedback": "feedback",
     "/v1/users/{user_id}/profile": "profile",
     "/v1/guide": "guide",
+    "/v1/trending": "trending",
 }
 
 REGISTRY = web.AppKey("registry", Registry)
@@ -326,6 +331,57 @@ async def similar_items(request: web.Request) -> web.Response:
             items=_items(model, ranked.item_ids, ranked.scores),
         )
     )
+
+
+def _trending(model: ServingModel, k: int, filters: Filters | None) -> list[TrendingItem]:
+    found = model.trending
+    if found is None:
+        return []
+    indices, at = model.trending_within(k, model.candidates(None, filters))
+    names = model._names(indices)
+    titled = _items(model, names, found.scores[at].tolist())
+    return [
+        TrendingItem(item.item_id, item.score, int(recent), int(base), item.title)
+        for item, recent, base in zip(titled, found.recent[at], found.baseline[at], strict=True)
+    ]
+
+
+async def trending(request: web.Request) -> web.Response:
+    query = decode_query(request.query, TrendingQuery)
+    snapshot = request.app[REGISTRY].snapshot
+    cohort: Cohort = "stable"
+    if query.user_id is UNSET:
+        model = snapshot.stable
+    else:
+        model, cohort = snapshot.route(query.user_id)
+    if model is None:
+        raise RequestError("no_model", "no model is loaded yet", 503)
+    request[LABELS] = (model.version, cohort)
+    filters = _filters(CatalogFilters(
+        categories=query.categories,
+        min_price=None if query.min_price is UNSET else query.min_price,
+        max_price=None if query.max_price is UNSET else query.max_price,
+        in_stock_only=query.in_stock_only,
+    ))  # fmt: skip
+    try:
+        items = await request.app[SCORING].run(_trending, model, query.k, filters)
+    except ArtifactError as exc:
+        raise RequestError("no_catalog", str(exc)) from exc
+    window = model.trending
+    answer = TrendingResponse(
+        model_version=model.version,
+        cohort=cohort,
+        window_hours=None if window is None else window.window_hours,
+        window_end=None if window is None else _rfc3339(window.window_end),
+        items=items,
+    )
+    if not items:
+        answer.empty_reason = "no_trending_data" if window is None else "filtered_out"
+    return _respond(answer)
+
+
+def _rfc3339(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 async def _complete_basket(
@@ -591,6 +647,7 @@ def build_app(
     app.router.add_post("/v1/feedback", feedback)
     app.router.add_get("/v1/users/{user_id}/profile", user_profile)
     app.router.add_post("/v1/guide", guide_query)
+    app.router.add_get("/v1/trending", trending)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi_document)

@@ -24,6 +24,7 @@ from ..artifacts import LoadedModel
 from ..catalog import Catalog
 from ..content import TextIndex
 from ..errors import ArtifactError
+from ..trending import Trending
 from .ids import IdIndex
 
 Strategy = Literal["personalized", "fold_in", "popular"]
@@ -179,6 +180,10 @@ class ServingModel:
             self.item_norms = np.where(norms > 0, norms, 1.0).astype(np.float32)
         self.catalog = Catalog.from_arrays(loaded.extras, loaded.item_ids)
         self.text_index = TextIndex.from_arrays(loaded.extras)
+        self.trending = Trending.from_arrays(loaded.extras)
+        trending = self.trending.items if self.trending is not None else np.empty(0, np.int64)
+        if len(trending) and not 0 <= trending.min() <= trending.max() < len(self.item_ids):
+            raise ArtifactError(f"{self.version}: the trending items do not match the items")
         self.ann: AnnIndex | None = None
         if loaded.model.ann_index is not None:
             self.ann = AnnIndex.from_bytes(loaded.model.ann_index)
@@ -461,6 +466,17 @@ class ServingModel:
         scores[item] = -np.inf
         top = _top(scores, k)
         return Ranked(self._names(top), scores[top].tolist(), "personalized")
+
+    def trending_within(
+        self, k: int, candidates: npt.NDArray[np.bool_] | None
+    ) -> tuple[IntArray, IntArray]:
+        """The k most trending items that pass the candidate mask, and their positions in
+        the trending arrays; none for a model trained without timestamps."""
+        if self.trending is None:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        items = self.trending.items
+        at = np.arange(len(items)) if candidates is None else np.flatnonzero(candidates[items])
+        return items[at[:k]], at[:k]
 
     def popular(self, k: int) -> list[str]:
         return self._names(self.popular_order[:k])
