@@ -107,3 +107,72 @@ def test_the_trainer_reports_trending_offline(shop: Path) -> None:
     found = manifest["trending"]
     assert found["items"] == 1 and found["window_hours"] == 168.0 and found["min_count"] == 10
     assert set(found["evaluation"]) >= {"next_window_per_item", "next_window_lift"}
+
+
+# Reasons and the fallback chain -------------------------------------------------------------
+def test_every_item_says_why_it_is_there(shop_server: Server) -> None:
+    status, body = shop_server.get("/v1/recommendations?user_id=L3&k=4")
+    assert status == 200, body
+    assert [i["reason"] for i in body["items"]] == ["personalized"] * 4
+    assert "empty_reason" not in body
+
+
+def test_a_stranger_gets_trending_items_first_then_popular_ones(shop_server: Server) -> None:
+    status, body = shop_server.get("/v1/recommendations?user_id=nobody&k=4")
+    assert status == 200 and body["strategy"] == "popular"
+    assert body["items"][0] == {**body["items"][0], "item_id": "l7", "reason": "trending"}
+    assert [i["reason"] for i in body["items"][1:]] == ["popular"] * 3
+
+
+def test_an_empty_list_says_why(shop_server: Server) -> None:
+    status, body = shop_server.get("/v1/recommendations?user_id=L3&categories=furniture")
+    assert status == 200 and body["items"] == [] and body["empty_reason"] == "filtered_out"
+
+
+# Rules from the routing document ------------------------------------------------------------
+def test_rules_in_the_routing_apply_without_a_restart(shop_server: Server) -> None:
+    version = shop_server.models.als
+    base = {"stable": version, "salt": "s1"}
+    _, before = shop_server.get("/v1/recommendations?user_id=M2&k=5")
+    assert "t0" not in [i["item_id"] for i in before["items"][:1]]
+    rules = [
+        {"type": "pin", "item": "t0", "position": 1},
+        {"type": "hideOutOfStock"},
+        {"type": "diversity", "maxPerCategory": 3},
+    ]
+    shop_server.routing.write(
+        {**base, "generation": 2, "merchandising": {"rules": rules, "exploration": {"share": 0.2}}}
+    )
+
+    def pinned() -> dict[str, object] | None:
+        body = shop_server.get("/v1/recommendations?user_id=M2&k=5")[1]
+        return body if body["items"][0]["item_id"] == "t0" else None
+
+    body = shop_server.wait_for(pinned)
+    items = body["items"]
+    assert items[0]["reason"] == "pinned"
+    assert "m6" not in [i["item_id"] for i in items]  # out of stock
+    assert sum(1 for i in items if i["item_id"].startswith("m")) <= 3
+    assert items[-1]["reason"] == "exploration"
+    # Batches follow the same rules.
+    batch = shop_server.request("POST", "/v1/recommendations:batch", {"user_ids": ["M2"], "k": 5})[
+        1
+    ]
+    assert batch["results"][0]["items"] == items
+    assert shop_server.process.poll() is None  # the same process, never restarted
+    shop_server.routing.write({**base, "generation": 3})
+    # Rules gone from the routing: the model's own list again.
+    shop_server.wait_for(
+        lambda: shop_server.get("/v1/recommendations?user_id=M2&k=5")[1]["items"] == before["items"]
+    )
+
+
+def test_a_routing_with_bad_rules_is_refused_and_serving_goes_on(shop_server: Server) -> None:
+    version = shop_server.models.als
+    shop_server.routing.write({"stable": version, "salt": "s1", "generation": 4,
+                               "merchandising": {"rules": [{"type": "shuffle"}]}})  # fmt: skip
+    shop_server.wait_for(
+        lambda: "rules[0].type" in (shop_server.get("/readyz")[1]["routing_error"] or "")
+    )
+    status, body = shop_server.get("/v1/recommendations?user_id=M2&k=3")
+    assert status == 200 and len(body["items"]) == 3

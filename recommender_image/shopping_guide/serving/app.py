@@ -7,6 +7,7 @@ and answers are encoded from them, the same types `/openapi.json` documents.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -15,7 +16,7 @@ from datetime import UTC, datetime
 
 import msgspec
 from aiohttp import hdrs, web
-from msgspec import UNSET
+from msgspec import UNSET, UnsetType
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shopping_guide_contracts.routing import Cohort
@@ -26,6 +27,7 @@ from .attribution import Attributor
 from .baskets import complete
 from .batcher import OverloadedError, Scoring, ScoringConfig
 from .decoding import MAX_BODY_BYTES, RequestError, decode_body, decode_query
+from .fallback import Reason
 from .guide import QueryError, guide, profile
 from .metrics import ServerMetrics
 from .registry import Registry, Snapshot
@@ -157,15 +159,44 @@ def _batch_requests(body: BatchRequest) -> list[RecommendationRequest]:
     ]
 
 
-def _items(model: ServingModel, item_ids: list[str], scores: list[float]) -> list[ScoredItem]:
+def _items(
+    model: ServingModel,
+    item_ids: list[str],
+    scores: list[float],
+    reason: Reason | UnsetType = UNSET,
+) -> list[ScoredItem]:
     """Response items; with a catalogue, each also carries its title."""
-    items = [ScoredItem(i, round(s, 6)) for i, s in zip(item_ids, scores, strict=True)]
+    items = [
+        ScoredItem(i, round(s, 6), UNSET, reason) for i, s in zip(item_ids, scores, strict=True)
+    ]
     if model.catalog is not None and items:
         for item, index in zip(items, model.items.lookup(item_ids), strict=True):
             title = str(model.catalog.titles[index])
             if title:
                 item.title = title
     return items
+
+
+def _ranked_items(model: ServingModel, ranked: Ranked) -> list[ScoredItem]:
+    """A list's items, each with the reason it is there (and the item it follows from)."""
+    if ranked.reasons is None:
+        # One reason for all (the hot path): set as the items are made, not item by item.
+        return _items(model, ranked.item_ids, ranked.scores, ranked.reason_of(0))
+    items = _items(model, ranked.item_ids, ranked.scores)
+    because = ranked.because or [None] * len(items)
+    for item, reason, source in zip(items, ranked.reasons, because, strict=True):
+        item.reason = reason
+        if source is not None:
+            item.because = source
+    return items
+
+
+def _with_rules(query: Query, snapshot: Snapshot) -> Query:
+    """The query under the guide's rules and exploration, from the routing in effect."""
+    routing = snapshot.routing
+    if routing is None or routing.merchandising.empty:
+        return query
+    return dataclasses.replace(query, merchandising=routing.merchandising)
 
 
 # Handlers --------------------------------------------------------------------------------
@@ -219,15 +250,16 @@ def _answer(
         cohort=cohort,
         cold_start=ranked.strategy != "personalized",
         strategy=ranked.strategy,
-        items=_items(model, ranked.item_ids, ranked.scores) if items is None else items,
+        items=_ranked_items(model, ranked) if items is None else items,
         unknown_items=ranked.unknown_items[:100] if ranked.unknown_items else UNSET,
+        empty_reason=UNSET if ranked.empty_reason is None else ranked.empty_reason,
     )
 
 
 async def _recommend_one(
     request: web.Request, snapshot: Snapshot, options: RecommendationRequest
 ) -> RecommendationResponse:
-    query = _query(options)
+    query = _with_rules(_query(options), snapshot)
     model, cohort = snapshot.route(query.user_id)
     if model is None:
         raise RequestError("no_model", "no model is loaded yet", 503)
@@ -255,6 +287,7 @@ Scored = tuple[ServingModel, Cohort, Query, Ranked, list[ScoredItem]]
 
 def _score_part(snapshot: Snapshot, queries: list[Query]) -> list[Scored]:
     """Route and score part of a batch, and render its items (on a scoring thread)."""
+    queries = [_with_rules(q, snapshot) for q in queries]
     routed = [snapshot.route(q.user_id) for q in queries]
     groups: dict[int, list[int]] = {}
     for index, (model, _) in enumerate(routed):
@@ -274,7 +307,7 @@ def _score_part(snapshot: Snapshot, queries: list[Query]) -> list[Scored]:
     for index, ((model, cohort), query) in enumerate(zip(routed, queries, strict=True)):
         assert model is not None
         r = ranked[index]
-        out.append((model, cohort, query, r, _items(model, r.item_ids, r.scores)))
+        out.append((model, cohort, query, r, _ranked_items(model, r)))
     return out
 
 

@@ -14,6 +14,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from shopping_guide_contracts.routing import Cohort
 
+from .fallback import EmptyReason, Reason
 from .guide import MAX_QUERY_LENGTH
 from .scorer import Strategy
 
@@ -184,8 +185,23 @@ class EmptyQuery(_Request):
 # Responses --------------------------------------------------------------------------------
 class ScoredItem(Struct):
     item_id: str
-    score: float
+    score: Annotated[float, Meta(description="the score of the source that filled the slot")]
     title: Annotated[str, Meta(description="with a catalogue")] | UnsetType = UNSET
+    reason: (
+        Annotated[
+            Reason,
+            Meta(
+                description="what filled the slot: the model (personalized), items similar "
+                "to the shopper's recent ones, trending, popular, a rule (promoted, pinned) "
+                "or exploration"
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    because: (
+        Annotated[str, Meta(description="the shopper's item it follows from (similar_to_recent)")]
+        | UnsetType
+    ) = UNSET
 
 
 class RecommendationResponse(Struct):
@@ -200,6 +216,13 @@ class RecommendationResponse(Struct):
     items: list[ScoredItem]
     unknown_items: Annotated[list[str], Meta(description="recent_items it does not know")] | (
         UnsetType
+    ) = UNSET
+    empty_reason: (
+        Annotated[
+            EmptyReason,
+            Meta(description="why `items` is empty: the filters, exclusions and rules leave none"),
+        ]
+        | UnsetType
     ) = UNSET
 
 

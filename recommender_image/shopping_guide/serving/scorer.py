@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
+
+from shopping_guide_contracts.merchandising import Match, Merchandising
 
 from ..ann import EF_SEARCH, AnnIndex
 from ..artifacts import LoadedModel
@@ -25,6 +27,8 @@ from ..catalog import Catalog
 from ..content import TextIndex
 from ..errors import ArtifactError
 from ..trending import Trending
+from . import fallback, rules
+from .fallback import EmptyReason, Reason
 from .ids import IdIndex
 
 Strategy = Literal["personalized", "fold_in", "popular"]
@@ -74,6 +78,8 @@ class Query:
     exclude_seen: bool = True
     recent_items: tuple[str, ...] = ()
     filters: Filters | None = None
+    # The guide's rules and exploration, when it has any (None: the list as scored).
+    merchandising: Merchandising | None = None
 
     @property
     def has_candidates(self) -> bool:
@@ -86,6 +92,16 @@ class Ranked:
     scores: list[float]
     strategy: Strategy
     unknown_items: list[str] = field(default_factory=list)
+    # Why each item is there, and the item it follows from ("because you bought X"); None:
+    # every item is the strategy's own.
+    reasons: list[Reason] | None = None
+    because: list[str | None] | None = None
+    empty_reason: EmptyReason | None = None
+
+    def reason_of(self, position: int) -> Reason:
+        if self.reasons is not None:
+            return self.reasons[position]
+        return "popular" if self.strategy == "popular" else "personalized"
 
 
 class _Row(NamedTuple):
@@ -181,6 +197,8 @@ class ServingModel:
         self.catalog = Catalog.from_arrays(loaded.extras, loaded.item_ids)
         self.text_index = TextIndex.from_arrays(loaded.extras)
         self.trending = Trending.from_arrays(loaded.extras)
+        # Items each rule's match names, computed once per version (rules.matches).
+        self.match_cache: dict[Match, npt.NDArray[np.bool_]] = {}
         trending = self.trending.items if self.trending is not None else np.empty(0, np.int64)
         if len(trending) and not 0 <= trending.min() <= trending.max() < len(self.item_ids):
             raise ArtifactError(f"{self.version}: the trending items do not match the items")
@@ -263,6 +281,53 @@ class ServingModel:
         return model.item_factors is not None and model.user_factors is not None and not hybrid
 
     def recommend_many(self, queries: Sequence[Query]) -> list[Ranked]:
+        """`_score_many`, then each list that needs it finished: rules, the fallback chain,
+        exploration (`fallback`). A full list without rules is returned as scored."""
+        scored = list(queries)
+        if any(q.merchandising is not None for q in queries):
+            scored = [self._for_rules(q) for q in queries]
+        ranked = self._score_many(scored)
+        users: IntArray | None = None
+        for position, (query, answer) in enumerate(zip(queries, ranked, strict=True)):
+            if not fallback.needs_finishing(self, query, answer):
+                continue
+            if users is None:
+                users = self.users.lookup([q.user_id for q in queries])
+            user = int(users[position])
+            eligible = self.eligible(scored[position], user)
+            ranked[position] = fallback.finish(self, query, answer, eligible, user)
+        return ranked
+
+    def _for_rules(self, query: Query) -> Query:
+        """What to score for a query with rules: more than k, and with a `noRepurchase` rule
+        the history too (the rule says which of it may come back)."""
+        if query.merchandising is None:
+            return query
+        exclude_seen = query.exclude_seen
+        if rules.replaces_exclude_seen(rules.active(query.merchandising.rules)):
+            exclude_seen = False
+        return replace(query, k=fallback.depth(query), exclude_seen=exclude_seen)
+
+    def eligible(self, query: Query, user: int) -> npt.NDArray[np.bool_]:
+        """Every item the query may get back: its candidates, less what it blocks."""
+        mask = self.candidates(query.allow, query.filters)
+        mask = np.ones(len(self.item_ids), dtype=bool) if mask is None else mask.copy()
+        seen = None
+        if query.exclude_seen:
+            seen = self._seen(user) if user >= 0 else self.items_of(query.recent_items)
+        mask[self._blocked(query, seen)] = False
+        return mask
+
+    def history_items(self, user: int) -> IntArray:
+        return self._seen(user)
+
+    def items_of(self, item_ids: Sequence[str]) -> IntArray:
+        """The known items among `item_ids`, as indices, in their order."""
+        found = self.items.lookup(item_ids)
+        known: IntArray = found[found >= 0].astype(np.int64)
+        return known
+
+    def _score_many(self, queries: Sequence[Query]) -> list[Ranked]:
         """Each query's answer, the same as if it were scored alone.
 
         The users of a factor model, known or folded in from recent items, are scored
@@ -453,6 +518,10 @@ class ServingModel:
         item = self.items.one(item_id)
         if item < 0:
             return None
+        top, scores = self.similar_indices(item, k)
+        return Ranked(self._names(top), scores.tolist(), "personalized")
+
+    def similar_indices(self, item: int, k: int) -> tuple[IntArray, FloatArray]:
         model = self.model
         if model.similarity is not None:
             scores = np.asarray(model.similarity[item].toarray()[0], dtype=np.float32)
@@ -465,7 +534,7 @@ class ServingModel:
             scores = model.popularity.astype(np.float32, copy=True)
         scores[item] = -np.inf
         top = _top(scores, k)
-        return Ranked(self._names(top), scores[top].tolist(), "personalized")
+        return top, scores[top]
 
     def trending_within(
         self, k: int, candidates: npt.NDArray[np.bool_] | None
