@@ -17,8 +17,10 @@ the model is returned as it was scored (`needs_finishing`).
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -92,16 +94,20 @@ def finish(
     taken: set[int] = set()
     if ranked.strategy != "popular":
         own: Reason = "personalized"
-        for item, score in zip(model.items.lookup(ranked.item_ids), ranked.scores, strict=True):
+        indices = ranked.indices
+        if indices is None:
+            indices = model.items.lookup(ranked.item_ids)
+        for item, score in zip(indices.tolist(), ranked.scores, strict=True):
             if eligible[item]:
                 pool.append(Candidate(int(item), score, own))
                 taken.add(int(item))
-    for candidate in _chain(model, query, history, eligible):
-        if len(pool) >= want:
-            break
+    # The chain only when the list is short: its sources cost more than the scoring itself.
+    for candidate in _chain(model, query, history, eligible) if len(pool) < want else ():
         if candidate.item not in taken:
             pool.append(candidate)
             taken.add(candidate.item)
+            if len(pool) >= want:
+                break
     if active:
         pool = merch.arrange(active, pool, query.k, model, eligible)
     final = pool[: query.k]
@@ -142,10 +148,17 @@ def _chain(
         items, at = model.trending_within(len(model.trending), eligible)
         for item, score in zip(items, model.trending.scores[at], strict=True):
             yield Candidate(int(item), float(score), "trending")
-    order = model.popular_order[eligible[model.popular_order]]
     popularity = model.model.popularity
-    for item in order:
-        yield Candidate(int(item), float(popularity[item]), "popular")
+    for item in _eligible_in(model.popular_order, eligible):
+        yield Candidate(item, float(popularity[item]), "popular")
+
+
+def _eligible_in(order: npt.NDArray[np.int64], eligible: npt.NDArray[np.bool_]) -> Iterator[int]:
+    """The eligible items of `order`, in that order, read in chunks: the first few usually
+    suffice, and masking the whole catalogue per request would cost more than scoring."""
+    for start in range(0, len(order), 256):
+        chunk = order[start : start + 256]
+        yield from chunk[eligible[chunk]].tolist()
 
 
 def _anchors(
@@ -178,14 +191,13 @@ def _explore(
     if not open_slots:
         return final
     present = {c.item for c in final}
-    least = model.popular_order[::-1]
-    least = least[eligible[least]]
-    pool = [int(i) for i in least[: EXPLORE_POOL_PER_SLOT * len(open_slots) + len(present)]]
-    pool = [i for i in pool if i not in present][: EXPLORE_POOL_PER_SLOT * len(open_slots)]
+    size = EXPLORE_POOL_PER_SLOT * len(open_slots)
+    pool = list(islice((i for i in _eligible_in(model.least_exposed, eligible)
+                        if i not in present), size))  # fmt: skip
     if not pool:
         return final
     seed = int.from_bytes(hashlib.blake2b(query.user_id.encode(), digest_size=8).digest(), "big")
-    chosen = np.random.default_rng(seed).permutation(len(pool))[: len(open_slots)]
+    chosen = random.Random(seed).sample(range(len(pool)), min(len(pool), len(open_slots)))
     out = list(final)
     popularity = model.model.popularity
     for slot, pick in zip(open_slots[-len(chosen) :], chosen, strict=True):

@@ -80,6 +80,8 @@ class Query:
     filters: Filters | None = None
     # The guide's rules and exploration, when it has any (None: the list as scored).
     merchandising: Merchandising | None = None
+    # Item indices left out besides `exclude` (what a `noRepurchase` rule holds back).
+    held_back: tuple[int, ...] = ()
 
     @property
     def has_candidates(self) -> bool:
@@ -97,6 +99,8 @@ class Ranked:
     reasons: list[Reason] | None = None
     because: list[str | None] | None = None
     empty_reason: EmptyReason | None = None
+    # The items as indices, where the scorer has them (the rules work on these).
+    indices: IntArray | None = field(default=None, repr=False)
 
     def reason_of(self, position: int) -> Reason:
         if self.reasons is not None:
@@ -189,6 +193,7 @@ class ServingModel:
         self.item_ids = loaded.item_ids
         self.history = loaded.model.user_items.tocsr()
         self.popular_order = np.argsort(-loaded.model.popularity, kind="stable").astype(np.int64)
+        self.least_exposed = np.argsort(loaded.model.popularity, kind="stable").astype(np.int64)
         factors = loaded.model.item_factors
         self.item_norms: FloatArray | None = None
         if factors is not None:
@@ -299,14 +304,24 @@ class ServingModel:
         return ranked
 
     def _for_rules(self, query: Query) -> Query:
-        """What to score for a query with rules: more than k, and with a `noRepurchase` rule
-        the history too (the rule says which of it may come back)."""
+        """What to score for a query with rules: more than k, and what the rules drop left
+        out by the scoring itself (so the list fills from the model, not the fallbacks):
+        out-of-stock items as the in-stock filter does, and a known shopper's history as the
+        `noRepurchase` rule says (its repeatable categories may come back)."""
         if query.merchandising is None:
             return query
-        exclude_seen = query.exclude_seen
-        if rules.replaces_exclude_seen(rules.active(query.merchandising.rules)):
-            exclude_seen = False
-        return replace(query, k=fallback.depth(query), exclude_seen=exclude_seen)
+        active = rules.active(query.merchandising.rules)
+        filters, held_back, exclude_seen = query.filters, query.held_back, query.exclude_seen
+        if self.catalog is not None and any(r.type == "hideOutOfStock" for r in active):
+            filters = replace(filters or Filters(), in_stock_only=True)
+        user = self.users.one(query.user_id) if rules.replaces_exclude_seen(active) else -1
+        if user >= 0:
+            bought = rules.keep_mask([r for r in active if r.type == "noRepurchase"], self,
+                                     self._seen(user))  # fmt: skip
+            gone = self._seen(user) if bought is None else np.flatnonzero(~bought)
+            held_back, exclude_seen = (*held_back, *gone.tolist()), False
+        return replace(query, k=fallback.depth(query), exclude_seen=exclude_seen,
+                       held_back=held_back, filters=filters)  # fmt: skip
 
     def eligible(self, query: Query, user: int) -> npt.NDArray[np.bool_]:
         """Every item the query may get back: its candidates, less what it blocks."""
@@ -372,6 +387,7 @@ class ServingModel:
                 found = self._exact_rows(vectors, ks, blocked)
             for one, (ids, scores) in zip(group, found, strict=True):
                 ranked = Ranked(self._names(ids), scores.tolist(), one.strategy, one.unknown)
+                ranked.indices = ids
                 out[one.position] = ranked
         return [r for r in out if r is not None]
 
@@ -384,6 +400,8 @@ class ServingModel:
         """Item indices a query must not get back: its exclusions, and its history if asked."""
         excluded = self.items.lookup(query.exclude)
         excluded = excluded[excluded >= 0]
+        if query.held_back:
+            excluded = np.concatenate([excluded, np.asarray(query.held_back, np.int64)])
         if seen is None or not len(seen):
             return excluded
         return np.concatenate([seen, excluded]) if len(excluded) else seen
@@ -408,7 +426,9 @@ class ServingModel:
         if candidates is not None:
             scores_all[~candidates] = -np.inf
         top = _top(scores_all, query.k)
-        return Ranked(self._names(top), scores_all[top].tolist(), strategy, unknown)
+        ranked = Ranked(self._names(top), scores_all[top].tolist(), strategy, unknown)
+        ranked.indices = top
+        return ranked
 
     def _row_from_items(self, item_ids: Sequence[str]) -> tuple[sp.csr_matrix, list[str]]:
         found = self.items.lookup(item_ids)
