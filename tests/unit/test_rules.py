@@ -216,3 +216,11 @@ def test_rules_round_trip_through_the_document() -> None:
     }
     assert parse(parse(document).to_document()) == parse(document)
     assert parse(document).to_document() == document
+
+
+def test_no_repurchase_leaves_a_strangers_viewed_items_to_exclude_seen(model: ServingModel) -> None:
+    rule = {"type": "noRepurchase"}
+    # Viewed, not bought: with exclude_seen off they may be recommended.
+    ranked = ask(model, rule, user_id="stranger", recent_items=("i2",), exclude_seen=False)
+    assert "i2" in ids(ranked)
+    assert "i2" not in ids(ask(model, rule, user_id="stranger", recent_items=("i2",)))

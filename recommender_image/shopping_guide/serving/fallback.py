@@ -86,7 +86,8 @@ def finish(
     policy = query.merchandising or Merchandising()
     active = merch.active(policy.rules)
     history = model.history_items(user) if user >= 0 else model.items_of(query.recent_items)
-    keep = merch.keep_mask(active, model, history)
+    # What a shopper bought is a known shopper's history; recent items were only viewed.
+    keep = merch.keep_mask(active, model, history if user >= 0 else history[:0])
     if keep is not None:
         eligible = eligible & keep
     want = depth(query)
