@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shopping_guide_contracts.merchandising import Merchandising, MerchandisingError
+from shopping_guide_contracts.merchandising import parse as parse_merchandising
 from shopping_guide_contracts.versions import VersionError, validate_version
 
 from .constants import ANNOTATION_RETRAIN, API_VERSION, KIND
@@ -307,6 +309,10 @@ class Serving:
     metrics_port: int = 9090
     # Peers admitted to the metrics port while the NetworkPolicy is on: default, the cluster.
     network_policy_metrics_from: tuple[JSON, ...] = ({"namespaceSelector": {}},)
+    # Rules and exploration, copied into the routing document for every pod to apply.
+    merchandising: Merchandising = field(default_factory=Merchandising)
+    # spec.serving.trending as given: the trainer's window, baseline and minimum count.
+    trending: Mapping[str, Any] | None = None
 
     @classmethod
     def parse(cls, serving: Mapping[str, Any]) -> Serving:
@@ -326,6 +332,12 @@ class Serving:
                 raise SpecError("serving.autoscaling.minReplicas must not exceed maxReplicas")
         if int(serving.get("port", 8080)) == int(serving.get("metricsPort", 9090)):
             raise SpecError("serving.port and serving.metricsPort must differ")
+        try:
+            merchandising = parse_merchandising(
+                {"rules": serving.get("rules"), "exploration": serving.get("exploration")}
+            )
+        except MerchandisingError as exc:
+            raise SpecError(f"serving.{exc}") from exc
         pdb = {"enabled": True, **_obj(serving, "podDisruptionBudget")}
         policy = _obj(serving, "networkPolicy")
         service = _obj(serving, "service")
@@ -350,6 +362,8 @@ class Serving:
             network_policy_metrics_from=tuple(
                 dict(p) for p in policy.get("metricsFrom") or _ALL_IN_CLUSTER
             ),
+            merchandising=merchandising,
+            trending=dict(_obj(serving, "trending")) if serving.get("trending") else None,
         )
 
 

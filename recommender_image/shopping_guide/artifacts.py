@@ -283,7 +283,9 @@ class ModelStore:
         )
         if model.user_items.shape != (len(arrays["user_ids"]), len(arrays["item_ids"])):
             raise ArtifactError(f"{version}: id maps do not match the interaction matrix")
-        extras = {k: v for k, v in arrays.items() if k.startswith(("catalog_", "text_"))}
+        extras = {
+            k: v for k, v in arrays.items() if k.startswith(("catalog_", "text_", "trending_"))
+        }
         return LoadedModel(
             version, directory, manifest, model, arrays["user_ids"], arrays["item_ids"], extras
         )

@@ -26,6 +26,12 @@ from .interactions import SCALES
 from .object_store import S3Options, open_store
 from .splits import SPLITS
 from .training import TrainConfig, train
+from .trending import (
+    DEFAULT_BASELINE_HOURS,
+    DEFAULT_MIN_COUNT,
+    DEFAULT_WINDOW_HOURS,
+    TrendingConfig,
+)
 
 if TYPE_CHECKING:
     from .serving.registry import ModelSource
@@ -208,6 +214,13 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=0.3,
         help="share of the content score in the hybrid score (0: pure CF)",
     )
+    trend = p.add_argument_group("trending now (needs --time-col)")
+    trend.add_argument("--trending-window-hours", type=float, default=DEFAULT_WINDOW_HOURS,
+                       help="the recent window whose rate is set against the baseline")  # fmt: skip
+    trend.add_argument("--trending-baseline-hours", type=float, default=DEFAULT_BASELINE_HOURS,
+                       help="the window before it, whose rate is the item's usual one")  # fmt: skip
+    trend.add_argument("--trending-min-count", type=int, default=DEFAULT_MIN_COUNT,
+                       help="interactions in the recent window an item needs to trend")  # fmt: skip
     store = p.add_argument_group("model store")
     _add_guide(store)
     store.add_argument("--keep", type=int, default=5, help="versions to keep")
@@ -299,6 +312,11 @@ def _run_train(args: argparse.Namespace) -> int:
         content_weight=args.content_weight,
         basket_model=args.basket_model,
         basket_neighbours=args.basket_neighbours,
+        trending=TrendingConfig(
+            window_hours=args.trending_window_hours,
+            baseline_hours=args.trending_baseline_hours,
+            min_count=args.trending_min_count,
+        ),
     )
     result = train(config)
     print(json.dumps(result, sort_keys=True))

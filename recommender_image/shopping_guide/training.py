@@ -41,6 +41,9 @@ from .interactions import Interactions, Scale, build_interactions
 from .model import Model
 from .object_store import S3Options, open_events, open_store
 from .splits import SplitKind, split
+from .trending import TrendingConfig
+from .trending import compute as compute_trending
+from .trending import evaluate as evaluate_trending
 from .tuning import Method, search, search_families, tune_content_weight
 
 
@@ -92,6 +95,8 @@ class TrainConfig:
     basket_model: BasketModel = "auto"
     basket_neighbours: int = 20
     basket_min_count: int = 2
+    # Trending now, from the schema's time column (none without one).
+    trending: TrendingConfig = field(default_factory=TrendingConfig)
 
 
 def _rounded(metrics: dict[str, float]) -> dict[str, float]:
@@ -231,6 +236,12 @@ def _train(config: TrainConfig, source: str) -> dict[str, Any]:
         )
         mark = lap("bought_together", mark)
 
+    trending: dict[str, Any] | None = None
+    if events.timestamp is not None:
+        trending, trending_arrays = _trending(config.trending, events, data.item_ids)
+        extras = {**extras, **trending_arrays}
+        mark = lap("trending", mark)
+
     champion: dict[str, Any] | None = None
     champion_error: str | None = None
     if config.champion:
@@ -298,6 +309,7 @@ def _train(config: TrainConfig, source: str) -> dict[str, Any]:
             "evaluation": evaluation,
             "refit": config.refit,
             "hybrid": hybrid,
+            "trending": trending,
         },
         extras=extras,
     )
@@ -331,6 +343,8 @@ def _train(config: TrainConfig, source: str) -> dict[str, Any]:
         result["hybrid"] = hybrid
     if bought_together is not None:
         result["bought_together"] = bought_together
+    if trending is not None:
+        result["trending"] = trending
     return training_result.validate(result)
 
 
@@ -375,6 +389,29 @@ def _evaluate_bought_together(
             "similar_items": _rounded(evaluate_baskets(similar_items_scorer(cf), holdout, k)),
         },
     }
+
+
+def item_positions(items: pa.Array, item_ids: npt.NDArray[np.str_]) -> npt.NDArray[np.int64]:
+    """Each event's item as an index into `item_ids` (-1: an item the model left out)."""
+    found = pc.index_in(items, value_set=pa.array(item_ids.astype(str)))
+    return np.asarray(pc.fill_null(found, -1), dtype=np.int64)
+
+
+def _trending(
+    config: TrendingConfig, events: Events, item_ids: npt.NDArray[np.str_]
+) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
+    """Trending items as of the newest event, and how well trending foresaw the last window."""
+    assert events.timestamp is not None
+    items = item_positions(events.items, item_ids)
+    found = compute_trending(items, events.timestamp, len(item_ids), config)
+    summary = {
+        "window_hours": config.window_hours,
+        "baseline_hours": config.baseline_hours,
+        "min_count": config.min_count,
+        "items": len(found),
+        "evaluation": evaluate_trending(items, events.timestamp, len(item_ids), config),
+    }
+    return summary, found.to_arrays()
 
 
 def _align_items(data: Interactions, item_ids: npt.NDArray[np.str_]) -> sp.csr_matrix:

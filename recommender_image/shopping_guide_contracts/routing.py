@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import yaml
 
+from .merchandising import Merchandising, MerchandisingError
+from .merchandising import parse as parse_merchandising
 from .versions import VersionError, validate_version
 
 SCHEMA_VERSION = 1
@@ -46,6 +48,8 @@ class Routing:
     # Rises when stored versions were rewritten in place (users forgotten): every pod loads
     # its routed versions again, whatever it has loaded.
     models_revision: int = 0
+    # The guide's rules and exploration (spec.serving): every pod applies them at once.
+    merchandising: Merchandising = field(default_factory=Merchandising)
 
     def __post_init__(self) -> None:
         if not 0 <= self.canary_weight_basis_points <= BASIS_POINTS:
@@ -74,7 +78,7 @@ class Routing:
         return {v for v in (self.stable, self.canary) if v}
 
     def to_document(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
             "stable": self.stable,
             "canary": self.canary,
@@ -83,6 +87,9 @@ class Routing:
             "generation": self.generation,
             "modelsRevision": self.models_revision,
         }
+        if not self.merchandising.empty:
+            document["merchandising"] = self.merchandising.to_document()
+        return document
 
     def dumps(self) -> str:
         return json.dumps(self.to_document(), sort_keys=True)
@@ -109,6 +116,10 @@ def parse(text: str) -> Routing:
     ):
         if not isinstance(value, int) or isinstance(value, bool):
             raise RoutingError(f"{name} must be an integer, got {value!r}")
+    try:
+        merchandising = parse_merchandising(document.get("merchandising"))
+    except MerchandisingError as exc:
+        raise RoutingError(f"merchandising: {exc}") from exc
     return Routing(
         stable=document.get("stable"),
         canary=document.get("canary"),
@@ -116,4 +127,5 @@ def parse(text: str) -> Routing:
         salt=str(document.get("salt", "")),
         generation=generation,
         models_revision=revision,
+        merchandising=merchandising,
     )

@@ -18,7 +18,7 @@ TERMINATION_MESSAGE_LIMIT = 4096
 REQUIRED_KEYS = ("version", "artifact", "metrics", "baseline", "data")
 METRIC_NAMES = ("precision", "recall", "ndcg", "map")
 # Optional sections, least important first: dropped in this order when space runs out.
-OPTIONAL_KEYS = ("tuning", "bought_together", "timings", "params", "champion_error")
+OPTIONAL_KEYS = ("tuning", "trending", "bought_together", "timings", "params", "champion_error")
 
 
 class ResultError(ValueError):

@@ -516,6 +516,56 @@ INVALID: list[tuple[str, Mutation, str]] = [
         _set("spec.serving.autoscaling", {"maxReplicas": 1, "targetCPUUtilizationPercentage": 50}),
         "minReplicas must not exceed maxReplicas",
     ),
+    # Merchandiser rules, exploration and trending.
+    (
+        "a pin without its item",
+        _set("spec.serving.rules", [{"type": "pin", "position": 1}]),
+        "a pin rule needs item and position",
+    ),
+    (
+        "a boost without a match",
+        _set("spec.serving.rules", [{"type": "boost", "positions": 2}]),
+        "boost, bury and promote rules need match.categories or match.items",
+    ),
+    (
+        "a promotion without its share",
+        _set("spec.serving.rules", [{"type": "promote", "match": {"categories": ["mugs"]}}]),
+        "a promote rule needs share",
+    ),
+    (
+        "an unknown rule",
+        _set("spec.serving.rules", [{"type": "shuffle"}]),
+        "spec.serving.rules[0].type: Unsupported value",
+    ),
+    (
+        "a rule that ends before it starts",
+        _set(
+            "spec.serving.rules",
+            [
+                {
+                    "type": "hideOutOfStock",
+                    "from": "2026-12-01T00:00:00Z",
+                    "until": "2026-11-01T00:00:00Z",
+                }
+            ],
+        ),
+        "a rule's until must be after its from",
+    ),
+    (
+        "a rule window that is no time",
+        _set("spec.serving.rules", [{"type": "hideOutOfStock", "from": "tomorrow"}]),
+        "spec.serving.rules[0].from",
+    ),
+    (
+        "exploration above half the slots",
+        _set("spec.serving.exploration", {"share": 0.8}),
+        "spec.serving.exploration.share: Invalid value",
+    ),
+    (
+        "a trending window of no hours",
+        _set("spec.serving.trending", {"windowHours": 0}),
+        "spec.serving.trending.windowHours: Invalid value",
+    ),
     # Label selectors, node selectors and tolerations.
     (
         "a network policy peer with a bad operator",
@@ -601,6 +651,30 @@ VALID_VARIANTS: list[tuple[str, Mutation]] = [
         _set("spec.image", "localhost/shopping-guide/recommender:0.1.0"),
     ),
     ("an image without a registry", _set("spec.image", "recommender")),
+    (
+        "merchandiser rules, exploration and a trending window",
+        _set(
+            "spec.serving",
+            {
+                **VALID["spec"]["serving"],
+                "rules": [
+                    {
+                        "type": "pin",
+                        "item": "85123A",
+                        "position": 1,
+                        "until": "2026-12-24T00:00:00Z",
+                    },
+                    {"type": "bury", "match": {"categories": ["clearance"]}},
+                    {"type": "promote", "match": {"items": ["22423"]}, "share": 0.2},
+                    {"type": "noRepurchase", "repeatableCategories": ["tea"]},
+                    {"type": "diversity", "maxPerCategory": 3},
+                    {"type": "hideOutOfStock"},
+                ],
+                "exploration": {"share": 0.1},
+                "trending": {"windowHours": 48, "minCount": 5},
+            },
+        ),
+    ),
     (
         "a cron of lists, ranges and steps",
         _set("spec.training.schedule", "0,30 8-18/2 1-15 JAN-JUN mon-fri"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from shopping_guide_contracts.routing import CONFIGMAP_KEY, Routing
 
 from ..constants import COMPONENT_SERVING
@@ -10,6 +12,8 @@ from .common import metadata, routing_configmap_name
 
 
 def build_routing_configmap(guide: Guide, routing: Routing) -> JSON:
+    # The guide's rules ride along: a change reaches every pod at its next reload, at once.
+    routing = replace(routing, merchandising=guide.serving.merchandising)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -97,6 +97,10 @@ def trainer_args(guide: Guide, champion: str | None, protect: Iterable[str] = ()
         ]
         args += ["--catalog-from-events", ",".join(columns)]
         args += ["--content-weight", _number((data.catalog or {}).get("contentWeight", 0.3))]
+    for key, flag in (("windowHours", "window-hours"), ("baselineHours", "baseline-hours"),
+                      ("minCount", "min-count")):  # fmt: skip
+        if guide.serving.trending and key in guide.serving.trending:
+            args += [f"--trending-{flag}", _number(guide.serving.trending[key])]
     args += [*store.model_store(guide, writes=True).args, "--algorithm", guide.model.algorithm]
     for name, value in sorted(guide.model.params.items()):
         args += ["--param", f"{name}={_number(value)}"]

@@ -7,14 +7,16 @@ and answers are encoded from them, the same types `/openapi.json` documents.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 
 import msgspec
 from aiohttp import hdrs, web
-from msgspec import UNSET
+from msgspec import UNSET, UnsetType
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shopping_guide_contracts.routing import Cohort
@@ -25,6 +27,7 @@ from .attribution import Attributor
 from .baskets import complete
 from .batcher import OverloadedError, Scoring, ScoringConfig
 from .decoding import MAX_BODY_BYTES, RequestError, decode_body, decode_query
+from .fallback import Reason
 from .guide import QueryError, guide, profile
 from .metrics import ServerMetrics
 from .registry import Registry, Snapshot
@@ -52,6 +55,9 @@ from .schema import (
     SimilarQuery,
     SimilarResponse,
     SourcedItem,
+    TrendingItem,
+    TrendingQuery,
+    TrendingResponse,
     UserPath,
 )
 from .scorer import Filters, Query, Ranked, ServingModel
@@ -68,6 +74,7 @@ _ENDPOINTS = {
     "/v1/feedback": "feedback",
     "/v1/users/{user_id}/profile": "profile",
     "/v1/guide": "guide",
+    "/v1/trending": "trending",
 }
 
 REGISTRY = web.AppKey("registry", Registry)
@@ -152,15 +159,44 @@ def _batch_requests(body: BatchRequest) -> list[RecommendationRequest]:
     ]
 
 
-def _items(model: ServingModel, item_ids: list[str], scores: list[float]) -> list[ScoredItem]:
+def _items(
+    model: ServingModel,
+    item_ids: list[str],
+    scores: list[float],
+    reason: Reason | UnsetType = UNSET,
+) -> list[ScoredItem]:
     """Response items; with a catalogue, each also carries its title."""
-    items = [ScoredItem(i, round(s, 6)) for i, s in zip(item_ids, scores, strict=True)]
+    items = [
+        ScoredItem(i, round(s, 6), UNSET, reason) for i, s in zip(item_ids, scores, strict=True)
+    ]
     if model.catalog is not None and items:
         for item, index in zip(items, model.items.lookup(item_ids), strict=True):
             title = str(model.catalog.titles[index])
             if title:
                 item.title = title
     return items
+
+
+def _ranked_items(model: ServingModel, ranked: Ranked) -> list[ScoredItem]:
+    """A list's items, each with the reason it is there (and the item it follows from)."""
+    if ranked.reasons is None:
+        # One reason for all (the hot path): set as the items are made, not item by item.
+        return _items(model, ranked.item_ids, ranked.scores, ranked.reason_of(0))
+    items = _items(model, ranked.item_ids, ranked.scores)
+    because = ranked.because or [None] * len(items)
+    for item, reason, source in zip(items, ranked.reasons, because, strict=True):
+        item.reason = reason
+        if source is not None:
+            item.because = source
+    return items
+
+
+def _with_rules(query: Query, snapshot: Snapshot) -> Query:
+    """The query under the guide's rules and exploration, from the routing in effect."""
+    routing = snapshot.routing
+    if routing is None or routing.merchandising.empty:
+        return query
+    return dataclasses.replace(query, merchandising=routing.merchandising)
 
 
 # Handlers --------------------------------------------------------------------------------
@@ -214,15 +250,16 @@ def _answer(
         cohort=cohort,
         cold_start=ranked.strategy != "personalized",
         strategy=ranked.strategy,
-        items=_items(model, ranked.item_ids, ranked.scores) if items is None else items,
+        items=_ranked_items(model, ranked) if items is None else items,
         unknown_items=ranked.unknown_items[:100] if ranked.unknown_items else UNSET,
+        empty_reason=UNSET if ranked.empty_reason is None else ranked.empty_reason,
     )
 
 
 async def _recommend_one(
     request: web.Request, snapshot: Snapshot, options: RecommendationRequest
 ) -> RecommendationResponse:
-    query = _query(options)
+    query = _with_rules(_query(options), snapshot)
     model, cohort = snapshot.route(query.user_id)
     if model is None:
         raise RequestError("no_model", "no model is loaded yet", 503)
@@ -250,6 +287,7 @@ Scored = tuple[ServingModel, Cohort, Query, Ranked, list[ScoredItem]]
 
 def _score_part(snapshot: Snapshot, queries: list[Query]) -> list[Scored]:
     """Route and score part of a batch, and render its items (on a scoring thread)."""
+    queries = [_with_rules(q, snapshot) for q in queries]
     routed = [snapshot.route(q.user_id) for q in queries]
     groups: dict[int, list[int]] = {}
     for index, (model, _) in enumerate(routed):
@@ -269,7 +307,7 @@ def _score_part(snapshot: Snapshot, queries: list[Query]) -> list[Scored]:
     for index, ((model, cohort), query) in enumerate(zip(routed, queries, strict=True)):
         assert model is not None
         r = ranked[index]
-        out.append((model, cohort, query, r, _items(model, r.item_ids, r.scores)))
+        out.append((model, cohort, query, r, _ranked_items(model, r)))
     return out
 
 
@@ -326,6 +364,57 @@ async def similar_items(request: web.Request) -> web.Response:
             items=_items(model, ranked.item_ids, ranked.scores),
         )
     )
+
+
+def _trending(model: ServingModel, k: int, filters: Filters | None) -> list[TrendingItem]:
+    found = model.trending
+    if found is None:
+        return []
+    indices, at = model.trending_within(k, model.candidates(None, filters))
+    names = model._names(indices)
+    titled = _items(model, names, found.scores[at].tolist())
+    return [
+        TrendingItem(item.item_id, item.score, int(recent), int(base), item.title)
+        for item, recent, base in zip(titled, found.recent[at], found.baseline[at], strict=True)
+    ]
+
+
+async def trending(request: web.Request) -> web.Response:
+    query = decode_query(request.query, TrendingQuery)
+    snapshot = request.app[REGISTRY].snapshot
+    cohort: Cohort = "stable"
+    if query.user_id is UNSET:
+        model = snapshot.stable
+    else:
+        model, cohort = snapshot.route(query.user_id)
+    if model is None:
+        raise RequestError("no_model", "no model is loaded yet", 503)
+    request[LABELS] = (model.version, cohort)
+    filters = _filters(CatalogFilters(
+        categories=query.categories,
+        min_price=None if query.min_price is UNSET else query.min_price,
+        max_price=None if query.max_price is UNSET else query.max_price,
+        in_stock_only=query.in_stock_only,
+    ))  # fmt: skip
+    try:
+        items = await request.app[SCORING].run(_trending, model, query.k, filters)
+    except ArtifactError as exc:
+        raise RequestError("no_catalog", str(exc)) from exc
+    window = model.trending
+    answer = TrendingResponse(
+        model_version=model.version,
+        cohort=cohort,
+        window_hours=None if window is None else window.window_hours,
+        window_end=None if window is None else _rfc3339(window.window_end),
+        items=items,
+    )
+    if not items:
+        answer.empty_reason = "no_trending_data" if window is None else "filtered_out"
+    return _respond(answer)
+
+
+def _rfc3339(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 async def _complete_basket(
@@ -591,6 +680,7 @@ def build_app(
     app.router.add_post("/v1/feedback", feedback)
     app.router.add_get("/v1/users/{user_id}/profile", user_profile)
     app.router.add_post("/v1/guide", guide_query)
+    app.router.add_get("/v1/trending", trending)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi_document)

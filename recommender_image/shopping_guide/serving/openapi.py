@@ -102,6 +102,13 @@ OPERATIONS: tuple[Operation, ...] = (
         body=s.GuideRequest, tags=("guide",),
     ),
     Operation(
+        "get", "/v1/trending", "trending", "Items trending now, within the catalogue filters",
+        {200: (s.TrendingResponse, "the items, best first; empty with a reason"),
+         400: (s.ErrorResponse, "a bad parameter, or filters on a model without a catalogue"),
+         503: _NO_MODEL},
+        query=s.TrendingQuery,
+    ),
+    Operation(
         "get", "/healthz", "healthz", "Liveness", {200: (s.Health, "the process answers")},
         tags=("operations",),
     ),
@@ -130,8 +137,10 @@ def _parameters(properties: JSON, required: list[str], where: str) -> list[JSON]
         if "description" in prop:
             param["description"] = prop["description"]
         if prop.get("type") == "array":
-            # Lists are comma-separated: `exclude_items=a1,a2`.
-            param.update(style="form", explode=False)
+            # Lists are comma-separated: `exclude_items=a1,a2`; empty parts are dropped, so
+            # an item of the text may be empty whatever the decoded list's items must be.
+            items = {k: v for k, v in prop.get("items", {}).items() if k != "minLength"}
+            param.update(style="form", explode=False, schema={**prop, "items": items})
         params.append(param)
     return params
 

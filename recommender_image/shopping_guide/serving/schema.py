@@ -14,6 +14,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from shopping_guide_contracts.routing import Cohort
 
+from .fallback import EmptyReason, Reason
 from .guide import MAX_QUERY_LENGTH
 from .scorer import Strategy
 
@@ -128,6 +129,19 @@ class BoughtTogetherQuery(_Request):
     in_stock_only: bool = False
 
 
+class TrendingQuery(_Request):
+    """`GET /v1/trending`: the catalogue filters of `GET /v1/recommendations`; with
+    `user_id`, the model of the shopper's cohort."""
+
+    k: K = 10
+    user_id: UserId | UnsetType = UNSET
+    categories: Annotated[list[Category], Meta(max_length=MAX_LIST)] = []
+    # Unset rather than None: a query string has no null, and the text "null" is no price.
+    min_price: Price | UnsetType = UNSET
+    max_price: Price | UnsetType = UNSET
+    in_stock_only: bool = False
+
+
 class BasketRequest(_Request):
     """`POST /v1/baskets:complete`: what to add to a cart holding `items`."""
 
@@ -171,8 +185,23 @@ class EmptyQuery(_Request):
 # Responses --------------------------------------------------------------------------------
 class ScoredItem(Struct):
     item_id: str
-    score: float
+    score: Annotated[float, Meta(description="the score of the source that filled the slot")]
     title: Annotated[str, Meta(description="with a catalogue")] | UnsetType = UNSET
+    reason: (
+        Annotated[
+            Reason,
+            Meta(
+                description="what filled the slot: the model (personalized), items similar "
+                "to the shopper's recent ones, trending, popular, a rule (promoted, pinned) "
+                "or exploration"
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    because: (
+        Annotated[str, Meta(description="the shopper's item it follows from (similar_to_recent)")]
+        | UnsetType
+    ) = UNSET
 
 
 class RecommendationResponse(Struct):
@@ -188,6 +217,13 @@ class RecommendationResponse(Struct):
     unknown_items: Annotated[list[str], Meta(description="recent_items it does not know")] | (
         UnsetType
     ) = UNSET
+    empty_reason: (
+        Annotated[
+            EmptyReason,
+            Meta(description="why `items` is empty: the filters, exclusions and rules leave none"),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 class BatchResponse(Struct):
@@ -199,6 +235,31 @@ class SimilarResponse(Struct):
     model_version: str
     cohort: Cohort
     items: list[ScoredItem]
+
+
+class TrendingItem(Struct):
+    item_id: str
+    score: Annotated[float, Meta(description="the window's rate over the item's usual rate")]
+    recent_count: Annotated[int, Meta(description="interactions in the window")]
+    baseline_count: Annotated[int, Meta(description="interactions in the baseline window")]
+    title: Annotated[str, Meta(description="with a catalogue")] | UnsetType = UNSET
+
+
+class TrendingResponse(Struct):
+    """Items rising fastest, best first; the window ends at the newest event trained on."""
+
+    model_version: str
+    cohort: Cohort
+    window_hours: float | None
+    window_end: Annotated[str | None, Meta(description="RFC 3339; null: no timestamps")]
+    items: list[TrendingItem]
+    empty_reason: (
+        Annotated[
+            Literal["no_trending_data", "filtered_out"],
+            Meta(description="why `items` is empty: no timestamps trained on, or the filters"),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 class SourcedItem(Struct):

@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from shopping_guide_contracts.merchandising import Match, Merchandising
+
 from ..ann import EF_SEARCH, AnnIndex
 from ..artifacts import LoadedModel
 from ..catalog import Catalog
 from ..content import TextIndex
 from ..errors import ArtifactError
+from ..trending import Trending
+from . import fallback, rules
+from .fallback import EmptyReason, Reason
 from .ids import IdIndex
 
 Strategy = Literal["personalized", "fold_in", "popular"]
@@ -73,6 +78,10 @@ class Query:
     exclude_seen: bool = True
     recent_items: tuple[str, ...] = ()
     filters: Filters | None = None
+    # The guide's rules and exploration, when it has any (None: the list as scored).
+    merchandising: Merchandising | None = None
+    # Item indices left out besides `exclude` (what a `noRepurchase` rule holds back).
+    held_back: tuple[int, ...] = ()
 
     @property
     def has_candidates(self) -> bool:
@@ -85,6 +94,18 @@ class Ranked:
     scores: list[float]
     strategy: Strategy
     unknown_items: list[str] = field(default_factory=list)
+    # Why each item is there, and the item it follows from ("because you bought X"); None:
+    # every item is the strategy's own.
+    reasons: list[Reason] | None = None
+    because: list[str | None] | None = None
+    empty_reason: EmptyReason | None = None
+    # The items as indices, where the scorer has them (the rules work on these).
+    indices: IntArray | None = field(default=None, repr=False)
+
+    def reason_of(self, position: int) -> Reason:
+        if self.reasons is not None:
+            return self.reasons[position]
+        return "popular" if self.strategy == "popular" else "personalized"
 
 
 class _Row(NamedTuple):
@@ -172,6 +193,7 @@ class ServingModel:
         self.item_ids = loaded.item_ids
         self.history = loaded.model.user_items.tocsr()
         self.popular_order = np.argsort(-loaded.model.popularity, kind="stable").astype(np.int64)
+        self.least_exposed = np.argsort(loaded.model.popularity, kind="stable").astype(np.int64)
         factors = loaded.model.item_factors
         self.item_norms: FloatArray | None = None
         if factors is not None:
@@ -179,6 +201,12 @@ class ServingModel:
             self.item_norms = np.where(norms > 0, norms, 1.0).astype(np.float32)
         self.catalog = Catalog.from_arrays(loaded.extras, loaded.item_ids)
         self.text_index = TextIndex.from_arrays(loaded.extras)
+        self.trending = Trending.from_arrays(loaded.extras)
+        # Items each rule's match names, computed once per version (rules.matches).
+        self.match_cache: dict[Match, npt.NDArray[np.bool_]] = {}
+        trending = self.trending.items if self.trending is not None else np.empty(0, np.int64)
+        if len(trending) and not 0 <= trending.min() <= trending.max() < len(self.item_ids):
+            raise ArtifactError(f"{self.version}: the trending items do not match the items")
         self.ann: AnnIndex | None = None
         if loaded.model.ann_index is not None:
             self.ann = AnnIndex.from_bytes(loaded.model.ann_index)
@@ -258,6 +286,63 @@ class ServingModel:
         return model.item_factors is not None and model.user_factors is not None and not hybrid
 
     def recommend_many(self, queries: Sequence[Query]) -> list[Ranked]:
+        """`_score_many`, then each list that needs it finished: rules, the fallback chain,
+        exploration (`fallback`). A full list without rules is returned as scored."""
+        scored = list(queries)
+        if any(q.merchandising is not None for q in queries):
+            scored = [self._for_rules(q) for q in queries]
+        ranked = self._score_many(scored)
+        users: IntArray | None = None
+        for position, (query, answer) in enumerate(zip(queries, ranked, strict=True)):
+            if not fallback.needs_finishing(self, query, answer):
+                continue
+            if users is None:
+                users = self.users.lookup([q.user_id for q in queries])
+            user = int(users[position])
+            eligible = self.eligible(scored[position], user)
+            ranked[position] = fallback.finish(self, query, answer, eligible, user)
+        return ranked
+
+    def _for_rules(self, query: Query) -> Query:
+        """What to score for a query with rules: more than k, and what the rules drop left
+        out by the scoring itself (so the list fills from the model, not the fallbacks):
+        out-of-stock items as the in-stock filter does, and a known shopper's history as the
+        `noRepurchase` rule says (its repeatable categories may come back)."""
+        if query.merchandising is None:
+            return query
+        active = rules.active(query.merchandising.rules)
+        filters, held_back, exclude_seen = query.filters, query.held_back, query.exclude_seen
+        if self.catalog is not None and any(r.type == "hideOutOfStock" for r in active):
+            filters = replace(filters or Filters(), in_stock_only=True)
+        user = self.users.one(query.user_id) if rules.replaces_exclude_seen(active) else -1
+        if user >= 0:
+            bought = rules.keep_mask([r for r in active if r.type == "noRepurchase"], self,
+                                     self._seen(user))  # fmt: skip
+            gone = self._seen(user) if bought is None else np.flatnonzero(~bought)
+            held_back, exclude_seen = (*held_back, *gone.tolist()), False
+        return replace(query, k=fallback.depth(query), exclude_seen=exclude_seen,
+                       held_back=held_back, filters=filters)  # fmt: skip
+
+    def eligible(self, query: Query, user: int) -> npt.NDArray[np.bool_]:
+        """Every item the query may get back: its candidates, less what it blocks."""
+        mask = self.candidates(query.allow, query.filters)
+        mask = np.ones(len(self.item_ids), dtype=bool) if mask is None else mask.copy()
+        seen = None
+        if query.exclude_seen:
+            seen = self._seen(user) if user >= 0 else self.items_of(query.recent_items)
+        mask[self._blocked(query, seen)] = False
+        return mask
+
+    def history_items(self, user: int) -> IntArray:
+        return self._seen(user)
+
+    def items_of(self, item_ids: Sequence[str]) -> IntArray:
+        """The known items among `item_ids`, as indices, in their order."""
+        found = self.items.lookup(item_ids)
+        known: IntArray = found[found >= 0].astype(np.int64)
+        return known
+
+    def _score_many(self, queries: Sequence[Query]) -> list[Ranked]:
         """Each query's answer, the same as if it were scored alone.
 
         The users of a factor model, known or folded in from recent items, are scored
@@ -302,6 +387,7 @@ class ServingModel:
                 found = self._exact_rows(vectors, ks, blocked)
             for one, (ids, scores) in zip(group, found, strict=True):
                 ranked = Ranked(self._names(ids), scores.tolist(), one.strategy, one.unknown)
+                ranked.indices = ids
                 out[one.position] = ranked
         return [r for r in out if r is not None]
 
@@ -314,6 +400,8 @@ class ServingModel:
         """Item indices a query must not get back: its exclusions, and its history if asked."""
         excluded = self.items.lookup(query.exclude)
         excluded = excluded[excluded >= 0]
+        if query.held_back:
+            excluded = np.concatenate([excluded, np.asarray(query.held_back, np.int64)])
         if seen is None or not len(seen):
             return excluded
         return np.concatenate([seen, excluded]) if len(excluded) else seen
@@ -338,7 +426,9 @@ class ServingModel:
         if candidates is not None:
             scores_all[~candidates] = -np.inf
         top = _top(scores_all, query.k)
-        return Ranked(self._names(top), scores_all[top].tolist(), strategy, unknown)
+        ranked = Ranked(self._names(top), scores_all[top].tolist(), strategy, unknown)
+        ranked.indices = top
+        return ranked
 
     def _row_from_items(self, item_ids: Sequence[str]) -> tuple[sp.csr_matrix, list[str]]:
         found = self.items.lookup(item_ids)
@@ -448,6 +538,10 @@ class ServingModel:
         item = self.items.one(item_id)
         if item < 0:
             return None
+        top, scores = self.similar_indices(item, k)
+        return Ranked(self._names(top), scores.tolist(), "personalized")
+
+    def similar_indices(self, item: int, k: int) -> tuple[IntArray, FloatArray]:
         model = self.model
         if model.similarity is not None:
             scores = np.asarray(model.similarity[item].toarray()[0], dtype=np.float32)
@@ -460,7 +554,18 @@ class ServingModel:
             scores = model.popularity.astype(np.float32, copy=True)
         scores[item] = -np.inf
         top = _top(scores, k)
-        return Ranked(self._names(top), scores[top].tolist(), "personalized")
+        return top, scores[top]
+
+    def trending_within(
+        self, k: int, candidates: npt.NDArray[np.bool_] | None
+    ) -> tuple[IntArray, IntArray]:
+        """The k most trending items that pass the candidate mask, and their positions in
+        the trending arrays; none for a model trained without timestamps."""
+        if self.trending is None:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        items = self.trending.items
+        at = np.arange(len(items)) if candidates is None else np.flatnonzero(candidates[items])
+        return items[at[:k]], at[:k]
 
     def popular(self, k: int) -> list[str]:
         return self._names(self.popular_order[:k])
