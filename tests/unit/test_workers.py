@@ -29,12 +29,32 @@ def test_the_cgroup_v1_limit_is_read_when_there_is_no_v2(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
-    ("cpus", "limit", "expected"),
-    [(8, None, 8), (8, 1.5, 2), (8, 0.25, 1), (2, 4.0, 2), (1, None, 1)],
+    ("cpus", "limit", "requested", "expected"),
+    [
+        (8, None, None, 8),
+        (8, 1.5, None, 2),
+        (8, 0.25, None, 1),
+        (2, 4.0, None, 2),
+        (1, None, None, 1),
+        # No limit: the request, not every CPU of the node.
+        (16, None, "1", 1),
+        (16, None, "3", 3),
+        (2, None, "3", 2),
+        (16, 4.0, "1", 4),
+        (16, None, "0", 16),
+    ],
 )
-def test_default_workers_are_the_cpus_within_the_limit_rounded_up(
-    monkeypatch: pytest.MonkeyPatch, cpus: int, limit: float | None, expected: int
+def test_default_workers_are_the_cpus_within_the_limit_or_the_request(
+    monkeypatch: pytest.MonkeyPatch,
+    cpus: int,
+    limit: float | None,
+    requested: str | None,
+    expected: int,
 ) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(cpus)))
     monkeypatch.setattr(workers, "cgroup_cpus", lambda: limit)
+    if requested is None:
+        monkeypatch.delenv(workers.CPUS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(workers.CPUS_ENV, requested)
     assert default_workers() == expected

@@ -46,6 +46,8 @@ RESTART_WINDOW_SECONDS = 60.0
 # A fresh interpreter per worker: forking a process that has started threads is unsafe.
 _SPAWN = multiprocessing.get_context("spawn")
 _CGROUP = Path("/sys/fs/cgroup")
+# The container's CPU request in whole CPUs: the operator sets it (builders/deployment.py).
+CPUS_ENV = "SHOPPING_GUIDE_CPUS"
 
 
 def cgroup_cpus(root: Path = _CGROUP) -> float | None:
@@ -66,12 +68,20 @@ def cgroup_cpus(root: Path = _CGROUP) -> float | None:
 
 
 def default_workers() -> int:
-    """One worker per CPU this process may run on, within the CPU limit (rounded up: a worker
-    throttled part of the time still serves), at least one."""
+    """One worker per CPU the container may use: its CPU limit (rounded up: a worker throttled
+    part of the time still serves), else the CPUs it requested (CPUS_ENV, rounded up by the
+    downward API), else the CPUs this process may run on; at least one, at most those.
+
+    Without a limit a pod may run on every CPU of its node, but its memory limit was sized for
+    what it requested: a worker per node CPU, each holding its own index and interpreter,
+    would not fit."""
     cpus = len(os.sched_getaffinity(0))
     limit = cgroup_cpus()
+    requested = os.environ.get(CPUS_ENV, "")
     if limit is not None:
         cpus = min(cpus, math.ceil(limit))
+    elif requested.isdigit() and int(requested) > 0:
+        cpus = min(cpus, int(requested))
     return max(1, cpus)
 
 
