@@ -332,7 +332,9 @@ def over_http(root: Path, n_items: int, versions: list[str], bound: float) -> di
     low_rate = 0.0
     for mode, flags in modes.items():
         with _server(root, routing, port, *flags) as pids:
-            result: dict[str, Any] = {"flags": " ".join(flags)}
+            # The machine is shared: how busy it was says how far to trust the numbers.
+            result: dict[str, Any] = {"flags": " ".join(flags), "load_average_1m_before":
+                                      round(os.getloadavg()[0], 2)}  # fmt: skip
             result["max"] = closed_loop_max(port, pids)
             result["memory"] = _memory(pids)  # once scoring has touched the pages
             top = result["max"]["requests_per_second"]
@@ -369,7 +371,8 @@ def main() -> int:
     sizes = [int(s) for s in os.environ.get("SERVING_BENCH_ITEMS", "100000,1000000").split(",")]
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: hack/install-deps.sh installs it")
-    report: dict[str, Any] = {"cpus": cpus(), "in_process": [], "http": []}
+    report: dict[str, Any] = {"cpus": cpus(), "load_average_1m": round(os.getloadavg()[0], 2),
+                              "in_process": [], "http": []}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="sg-serving-") as tmp:
         for n_items in sizes:
             root = Path(tmp) / f"s{n_items}"
