@@ -88,7 +88,8 @@ def default_workers() -> int:
 class PodReadiness:
     """One flag per worker in memory the pod's processes share: whether it has a stable
     version loaded. A worker says it is ready only when all are (app.py `readyz`): otherwise
-    the kernel would hand part of the first connections to a worker that is still loading."""
+    the kernel would hand part of the first connections to a worker that is still loading.
+    So a replaced worker takes the pod out of the Service until it has loaded too."""
 
     def __init__(self, flags: Any, index: int) -> None:
         self.flags, self.index = flags, index
@@ -114,9 +115,8 @@ def _stop_with(parent: int) -> None:
 
 class Supervisor:
     """Runs `workers` processes of `serve(readiness)` (picklable: it crosses into each new
-    interpreter)
-    With `metrics_address` (host, port), /metrics answers there with the pod's totals, each
-    series labelled with `guide`."""
+    interpreter). With `metrics_address` (host, port), /metrics answers there with the pod's
+    totals, each series labelled with `guide`."""
 
     def __init__(
         self,
