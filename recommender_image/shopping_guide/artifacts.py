@@ -266,7 +266,12 @@ class ModelStore:
             if verify and _sha256(path) != expected["sha256"]:
                 raise ArtifactError(f"{where} does not match its sha256 (corrupt)")
             try:
-                array = np.load(path, allow_pickle=False)
+                # Mapped, not read: the worker processes of a pod share the pages of one
+                # page cache. A version is never changed in place (rewrites are renamed in),
+                # so what was verified stays what is mapped. Copy-on-write, not read-only:
+                # implicit's Cython code asks for writable buffers (it writes nothing). A plain
+                # array over the mapping: np.memmap's subclass hooks cost on every slice.
+                array = np.asarray(np.load(path, mmap_mode="c", allow_pickle=False))
             except (ValueError, OSError) as exc:
                 raise ArtifactError(f"{where} is not a readable array: {exc}") from exc
             if list(array.shape) != expected["shape"] or array.dtype.str != expected["dtype"]:

@@ -36,6 +36,11 @@ from .trending import (
 if TYPE_CHECKING:
     from .serving.registry import ModelSource
 
+if TYPE_CHECKING:
+    from .serving.attribution import Attributor
+    from .serving.batcher import ScoringConfig
+    from .serving.workers import PodReadiness
+
 log = logging.getLogger("shopping_guide")
 
 
@@ -350,6 +355,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="serve /metrics on this port (same host) instead of the serving port",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="server processes on the one port (default: the CPUs the container may use, "
+        "within its CPU limit; see serving/workers.py)",
+    )
+    p.add_argument(
         "--guide-name",
         default=os.environ.get("SHOPPING_GUIDE_NAME", ""),
         help="the ShoppingGuide served: the `guide` label of every metric "
@@ -394,7 +406,8 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--scoring-threads",
         type=int,
         default=None,
-        help="threads that score requests (default: one fewer than the CPUs, at least one)",
+        help="threads per worker that score requests (default: one fewer than the CPUs, "
+        "shared out over the workers, at least one)",
     )
     scoring.add_argument(
         "--no-batching",
@@ -434,19 +447,24 @@ def _model_source(args: argparse.Namespace) -> ModelSource:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from .serving.app import build_app
+    """The supervisor: checks the flags, then runs the workers (serving/workers.py)."""
+    import functools
+
     from .serving.attribution import Attributor, load_key
     from .serving.batcher import ScoringConfig, default_threads
-    from .serving.lifecycle import serve
-    from .serving.metrics import ServerMetrics
-    from .serving.registry import Registry
+    from .serving.workers import Supervisor, default_workers
 
-    attributor = None
+    workers = default_workers() if args.workers is None else args.workers
+    if workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    # One key for every worker: feedback reaches any of them, whichever served the list.
     if args.attribution_key_file is not None:
         attributor = Attributor(load_key(args.attribution_key_file))
+    else:
+        attributor = Attributor.ephemeral()
     try:
         scoring = ScoringConfig(
-            threads=args.scoring_threads or default_threads(),
+            threads=args.scoring_threads or max(1, default_threads() // workers),
             batching=not args.no_batching,
             window_seconds=args.batch_window_ms / 1000,
             max_batch=args.max_batch,
@@ -454,6 +472,29 @@ def _run_serve(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    supervisor = Supervisor(
+        functools.partial(_serve_worker, args, attributor, scoring),
+        workers,
+        metrics_address=None if args.metrics_port is None else (args.host, args.metrics_port),
+        guide=args.guide_name,
+    )
+    return supervisor.run()
+
+
+def _serve_worker(
+    args: argparse.Namespace,
+    attributor: Attributor,
+    scoring: ScoringConfig,
+    readiness: PodReadiness,
+) -> None:
+    """One worker process: a whole server on the shared port."""
+    from .serving.app import build_app
+    from .serving.lifecycle import serve
+    from .serving.metrics import ServerMetrics
+    from .serving.registry import Registry
+
+    # A fresh interpreter: the supervisor's logging setup did not come along.
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")
     registry = Registry(
         _model_source(args),
         args.routing,
@@ -462,18 +503,19 @@ def _run_serve(args: argparse.Namespace) -> int:
     app = build_app(
         registry,
         metrics=ServerMetrics(guide=args.guide_name),
-        metrics_address=None if args.metrics_port is None else (args.host, args.metrics_port),
+        metrics_route=args.metrics_port is None,
         attributor=attributor,
         reload_interval=args.reload_interval,
         scoring=scoring,
+        workers_loading=readiness.loading,
     )
+    registry.subscribe(lambda snapshot: readiness.set(snapshot.stable is not None))
     asyncio.run(
         serve(
-            app, args.host, args.port,
-            drain_seconds=args.drain_seconds, shutdown_timeout=args.shutdown_timeout,
+            app, args.host, args.port, drain_seconds=args.drain_seconds,
+            shutdown_timeout=args.shutdown_timeout, reuse_port=True,
         )
     )  # fmt: skip
-    return 0
 
 
 def _add_forget(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

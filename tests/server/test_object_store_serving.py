@@ -55,7 +55,7 @@ def test_serves_from_its_cache_and_refuses_a_damaged_canary(
         status, body = srv.request("POST", "/v1/recommendations", {"user_id": "a0", "k": 5})
         assert status == 200 and len(body["items"]) == 5
         assert body["model_version"] == models.als
-        assert sorted(p.name for p in cache.iterdir()) == [models.als]
+        assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == [models.als]
         srv.routing.write(
             {"stable": models.als, "canary": models.knn, "canaryWeightBasisPoints": 5000,
              "salt": "s1", "generation": 2}
@@ -74,7 +74,7 @@ def test_serves_from_its_cache_and_refuses_a_damaged_canary(
             status, body = srv.request("POST", "/v1/recommendations", {"user_id": user})
             assert status == 200 and body["model_version"] == models.als
         # Nothing half-downloaded stays in the cache.
-        assert sorted(p.name for p in cache.iterdir()) == [models.als]
+        assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == [models.als]
 
 
 def test_keeps_serving_through_an_outage_of_the_store_and_recovers(
@@ -98,7 +98,7 @@ def test_keeps_serving_through_an_outage_of_the_store_and_recovers(
         srv.wait_for(lambda: srv.get("/readyz")[1]["generation"] == 2, timeout=60)
         status, ready = srv.get("/readyz")
         assert ready["stable"]["version"] == models.knn and ready["store_error"] is None
-        assert sorted(p.name for p in cache.iterdir()) == [models.knn]
+        assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == [models.knn]
 
 
 def test_a_new_server_without_a_cached_stable_is_not_ready_while_the_store_is_down(

@@ -83,6 +83,17 @@ def build_deployment(guide: Guide) -> JSON:
             # The `guide` label of every metric the server exports.
             {"name": "SHOPPING_GUIDE_NAME", "value": guide.name},
             *models.env,
+            # Its worker processes without a CPU limit: the CPUs requested, rounded up.
+            {
+                "name": "SHOPPING_GUIDE_CPUS",
+                "valueFrom": {
+                    "resourceFieldRef": {
+                        "containerName": SERVER_CONTAINER,
+                        "resource": "requests.cpu",
+                        "divisor": "1",
+                    }
+                },
+            },
         ],
         "ports": [
             {"name": "http", "containerPort": serving.port, "protocol": "TCP"},

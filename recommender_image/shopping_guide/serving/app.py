@@ -562,6 +562,11 @@ async def readyz(request: web.Request) -> web.Response:
     ready, detail = request.app[REGISTRY].readiness()
     if request.app[STATE].get("draining"):
         ready, detail["draining"] = False, True
+    loading = request.app[STATE].get("workers_loading")
+    if ready and loading is not None and (count := loading()):
+        # Ready here, not yet in every worker: the pod is not, whichever worker answers.
+        ready = detail["ready"] = False
+        detail["workers_loading"] = count
     return _respond(msgspec.convert(detail, Readiness), status=200 if ready else 503)
 
 
@@ -634,40 +639,26 @@ def _publish(metrics: ServerMetrics, snapshot: Snapshot) -> None:
     metrics.canary_failed.set(1 if routing and routing.canary and not serving_canary else 0)
 
 
-def _metrics_site(
-    metrics: ServerMetrics, host: str, port: int
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def serve_metrics(app: web.Application) -> AsyncIterator[None]:
-        metrics_app = web.Application()
-        metrics_app[METRICS] = metrics
-        metrics_app.router.add_get("/metrics", metrics_endpoint)
-        runner = web.AppRunner(metrics_app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        yield
-        await runner.cleanup()
-
-    return serve_metrics
-
-
 def build_app(
     registry: Registry,
     *,
     metrics: ServerMetrics | None = None,
     attributor: Attributor | None = None,
     reload_interval: float = 2.0,
-    metrics_address: tuple[str, int] | None = None,
+    metrics_route: bool = True,
     scoring: ScoringConfig | None = None,
+    workers_loading: Callable[[], int] | None = None,
 ) -> web.Application:
-    """The server. With `metrics_address` (host, port), /metrics answers there only, on a
-    port of its own that a NetworkPolicy can open to scrapers and close to shoppers; without
-    it, on the serving port. Without an `attributor`, ids are signed with a key of this
-    process only. `scoring`: threads, batching and queue bound (batcher.py)."""
+    """The server. Without `metrics_route`, /metrics does not answer on the serving port: the
+    supervisor serves it on a port of its own (workers.py), that a NetworkPolicy can open to
+    scrapers and close to shoppers. Without an `attributor`, ids are signed with a key of this
+    process only. `scoring`: threads, batching and queue bound (batcher.py). `workers_loading`:
+    how many workers of the pod have no stable version yet (workers.py)."""
     app = web.Application(middlewares=[errors_and_metrics], client_max_size=MAX_BODY_BYTES)
     app[REGISTRY] = registry
     app[METRICS] = metrics or ServerMetrics()
     app[ATTRIBUTOR] = attributor or Attributor.ephemeral()
-    app[STATE] = {}
+    app[STATE] = {"workers_loading": workers_loading}
     app[SCORING] = Scoring(scoring)
     server_metrics = app[METRICS]
     registry.subscribe(lambda snapshot: _publish(server_metrics, snapshot))
@@ -684,10 +675,8 @@ def build_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi_document)
-    if metrics_address is None:
+    if metrics_route:
         app.router.add_get("/metrics", metrics_endpoint)
-    else:
-        app.cleanup_ctx.append(_metrics_site(server_metrics, *metrics_address))
 
     async def start_watching(app: web.Application) -> AsyncIterator[None]:
         # Load in the background: /healthz answers while a large model is still loading.

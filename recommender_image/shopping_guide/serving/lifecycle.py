@@ -30,13 +30,15 @@ async def serve(
     *,
     drain_seconds: float,
     shutdown_timeout: float,
+    reuse_port: bool = False,
 ) -> None:
+    """`reuse_port`: listen beside the other workers of a pod on the same port (workers.py)."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
         log.warning("serving on %s:%d", host, port)
         for signum in SIGNALS:
             loop.add_signal_handler(signum, stop.set)

@@ -6,12 +6,18 @@ again. A cached version is used again only while its manifest is the store's: a 
 (users forgotten) changes the manifest, so the version is downloaded anew. When the store
 cannot be reached, a cached copy still loads (a restarted container keeps serving), and the
 error is kept for readiness to report. Versions no longer routed are removed from the cache.
+
+The worker processes of a pod share one cache: a lock file serialises downloads, loads and
+removals between them, so that none removes what another is downloading or checking.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..artifacts import _INCOMING, MANIFEST, LoadedModel, ModelStore
@@ -35,7 +41,21 @@ class ModelCache:
         except OSError:
             return None
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with (self.directory / ".lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def load(self, version: str, verify: bool = True) -> LoadedModel:
+        with self._locked():
+            return self._load(version)
+
+    def _load(self, version: str) -> LoadedModel:
         cached = self._cached_manifest(version)
         try:
             current = self.store.manifest_text(version)
@@ -64,6 +84,10 @@ class ModelCache:
         """Free what is no longer routed (and what an interrupted download left)."""
         if not self.directory.is_dir():
             return
+        with self._locked():
+            self._retain(versions)
+
+    def _retain(self, versions: set[str]) -> None:
         for entry in self.directory.iterdir():
             if entry.is_dir() and (entry.name.startswith(_INCOMING) or entry.name not in versions):
                 shutil.rmtree(entry, ignore_errors=True)

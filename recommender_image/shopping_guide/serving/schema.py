@@ -375,6 +375,8 @@ class Readiness(Struct):
     ] = None
     stable_error: str | UnsetType = UNSET
     draining: bool | UnsetType = UNSET
+    # Workers of this pod (serving/workers.py) still loading: ready only once all are.
+    workers_loading: int | UnsetType = UNSET
 
 
 class ErrorDetail(Struct):
