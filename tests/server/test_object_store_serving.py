@@ -34,7 +34,12 @@ def bucket_store(s3_server: S3Server, s3_store: str, models: Models) -> ObjectMo
 
 
 def flags(s3_server: S3Server, cache: Path) -> list[str]:
-    return ["--guide", OWNER, "--model-cache", str(cache), "--s3-endpoint", s3_server.endpoint]
+    # One worker: each probe below reads the state of the one process that holds it (the
+    # workers of a pod share the cache under a lock: tests/unit/test_object_store.py).
+    return [
+        "--guide", OWNER, "--model-cache", str(cache), "--s3-endpoint", s3_server.endpoint,
+        "--workers", "1",
+    ]  # fmt: skip
 
 
 def damage(store: ObjectModelStore, version: str, name: str) -> None:
