@@ -198,6 +198,10 @@ class Tick:
     paused: bool = False
     load_failure: str | None = None
     """Why serving pods could not load the canary version; None when none reports it."""
+    generation_read: int | None = None
+    """The lowest routing generation the pods have read. A pod holds `generation_applied`
+    back while a routed version does not load, so a canary no pod can load is never applied:
+    its failures count once the pods have read the routing that carries it."""
 
 
 @dataclass(frozen=True)
@@ -266,7 +270,8 @@ def advance(state: CanaryState, tick: Tick, now: float) -> Decision:
 
     applied = tick.generation_applied
     routed = applied is not None and applied >= state.routing_generation
-    if tick.load_failure and routed:
+    read = tick.generation_read is not None and tick.generation_read >= state.routing_generation
+    if tick.load_failure and (routed or read):
         detail = f"the serving pods failed to load {state.version}: {tick.load_failure}"
         return _end(
             state,

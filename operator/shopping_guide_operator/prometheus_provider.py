@@ -72,6 +72,10 @@ class MetricsProvider(Protocol):
 
     async def generation_applied(self) -> int | None: ...
 
+    async def generation_read(self) -> int | None:
+        """The lowest routing generation the serving pods have read (loaded or not)."""
+        ...
+
     async def load_failure(self, version: str) -> str | None:
         """Why `version` failed to load in some serving pod; None when no pod reports that."""
         ...
@@ -291,6 +295,11 @@ def generation_query(selector: dict[str, str]) -> str:
     return f"min(shopping_guide_routing_generation{{{_matchers(selector)}}})"
 
 
+def generation_read_query(selector: dict[str, str]) -> str:
+    """The lowest routing generation any selected serving pod has read."""
+    return f"min(shopping_guide_routing_generation_read{{{_matchers(selector)}}})"
+
+
 def load_failure_query(version: str, selector: dict[str, str]) -> str:
     """Pods where `version` failed to load, counted by the reason they give."""
     failed = _matchers(selector, model_version=version)
@@ -414,6 +423,13 @@ class PrometheusProvider:
         if self.refused is not None:
             raise self.refused
         (body,) = await self._ask(generation_query(self.selector))
+        value = scalar(body)
+        return None if value is None else int(value)
+
+    async def generation_read(self) -> int | None:
+        if self.refused is not None:
+            raise self.refused
+        (body,) = await self._ask(generation_read_query(self.selector))
         value = scalar(body)
         return None if value is None else int(value)
 

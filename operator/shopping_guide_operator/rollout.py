@@ -215,6 +215,7 @@ class _Seen:
     verdict: Verdict | None = None
     load_failure: str | None = None
     error: MeasurementError | None = None
+    read: int | None = None
 
 
 async def _observe(
@@ -226,15 +227,17 @@ async def _observe(
 ) -> _Seen:
     """Generation applied, load failures of the canary, and a verdict when one is due."""
     applied: int | None = None
+    read: int | None = None
     load_failure: str | None = None
     error: MeasurementError | None = None
     try:
         applied = await provider.generation_applied()
+        read = await provider.generation_read()
         load_failure = await provider.load_failure(state.version)
     except MeasurementError as exc:
         error = exc
     if not machine.analysis_due(state, now) or state.plan is None:
-        return _Seen(applied, None, load_failure, error)
+        return _Seen(applied, None, load_failure, error, read)
     window = state.plan.interval_seconds
     try:
         measured = await provider.measure(state.version, window)
@@ -243,8 +246,8 @@ async def _observe(
             baseline = await provider.measure(stable, window)
     except MeasurementError as exc:
         unavailable = analyse(None, None, thresholds, unavailable=str(exc))
-        return _Seen(applied, unavailable, load_failure, exc)
-    return _Seen(applied, analyse(measured, baseline, thresholds), load_failure, error)
+        return _Seen(applied, unavailable, load_failure, exc, read)
+    return _Seen(applied, analyse(measured, baseline, thresholds), load_failure, error, read)
 
 
 def progress(
@@ -306,6 +309,7 @@ def progress(
         manual=manual,
         paused=bool((guide.rollout or {}).get("paused", False)),
         load_failure=seen.load_failure,
+        generation_read=seen.read,
     )
     decision = machine.advance(state, tick, now)
     error = None if seen.error is None else str(seen.error)

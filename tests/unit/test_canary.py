@@ -41,6 +41,7 @@ class World:
     applied: int = 0
     paused: bool = False
     load_failure: str | None = None
+    read: int | None = None
     state: CanaryState = field(init=False)
     events: list[str] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)
@@ -54,7 +55,9 @@ class World:
         self.now += seconds
         if verdict is not None:
             assert analysis_due(self.state, self.now), "analysis was not due"
-        seen = Tick(self.plan, self.applied, verdict, manual, self.paused, self.load_failure)
+        seen = Tick(
+            self.plan, self.applied, verdict, manual, self.paused, self.load_failure, self.read
+        )
         decision = advance(self.state, seen, self.now)
         self.state = decision.state
         if decision.transition is not None:
@@ -335,3 +338,14 @@ def test_a_canary_that_failed_to_load_rolls_back_at_once() -> None:
     assert world.transitions[-1] == Transition.ROLLED_BACK
     assert "failed to load v2: out of memory (2 pods)" in world.events[-1]
     assert world.weight == 0
+
+
+def test_a_canary_that_no_pod_loads_rolls_back_once_its_routing_is_read() -> None:
+    world = World()
+    world.load_failure = "ArtifactError: v2/item_factors.npy does not match its sha256"
+    world.read = 4  # an older routing: the report may be about something else
+    world.tick(1)
+    assert world.phase() == Phase.WAITING
+    world.read = 5  # read, never applied: the pods hold the generation back
+    world.tick(1)
+    assert world.phase() == Phase.ROLLED_BACK and world.state.reason == "CanaryLoadFailed"

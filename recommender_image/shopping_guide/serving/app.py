@@ -632,6 +632,8 @@ def _publish(metrics: ServerMetrics, snapshot: Snapshot) -> None:
         metrics.model_load_failed.labels(version, reason).set(1)
     if snapshot.generation_applied is not None:
         metrics.routing_generation.set(snapshot.generation_applied)
+    if routing is not None:
+        metrics.routing_generation_read.set(routing.generation)
     serving_canary = snapshot.canary is not None
     metrics.canary_weight.set(
         routing.canary_weight_basis_points if routing and serving_canary else 0

@@ -215,6 +215,12 @@ class ServerMetrics:
             "shopping_guide_routing_generation", "Routing generation in effect", registry=r,
             multiprocess_mode="livemin",
         )  # fmt: skip
+        # The newest routing every worker has read, whether or not each of its versions
+        # loaded: a load failure reported with it is about that routing, not an older one.
+        self.routing_generation_read = Gauge(
+            "shopping_guide_routing_generation_read", "Routing generation read", registry=r,
+            multiprocess_mode="livemin",
+        )  # fmt: skip
         self.canary_weight = Gauge(
             "shopping_guide_canary_weight_basis_points", "Canary weight in effect", registry=r,
             multiprocess_mode="livemin",

@@ -44,6 +44,7 @@ class FakePrometheus:
     """What serving pods report and how each version does; `down` makes every query fail."""
 
     applied: int | None = None
+    read: int | None = None
     metrics: dict[str, VersionMetrics] = field(default_factory=dict)
     down: bool = False
     measured: list[tuple[str, float]] = field(default_factory=list)
@@ -59,6 +60,11 @@ class FakePrometheus:
         if self.down:
             raise MeasurementError("Prometheus at http://prometheus.monitoring:9090 unreachable")
         return self.applied
+
+    async def generation_read(self) -> int | None:
+        if self.down:
+            raise MeasurementError("Prometheus at http://prometheus.monitoring:9090 unreachable")
+        return self.read
 
     async def load_failure(self, version: str) -> str | None:
         if self.down:
@@ -117,7 +123,12 @@ class World:
 
     def apply_routing(self) -> None:
         """Every serving pod picks up the current routing document."""
-        self.prometheus.applied = self.routing.generation
+        self.prometheus.applied = self.prometheus.read = self.routing.generation
+
+    def read_routing(self) -> None:
+        """Every serving pod reads the routing but cannot load all of it: it holds the
+        generation it applies where it was."""
+        self.prometheus.read = self.routing.generation
 
 
 @pytest.fixture
@@ -498,6 +509,20 @@ def test_a_canary_that_fails_to_load_is_rolled_back_at_once(world: World) -> Non
     (message,) = [m for _, reason, m in world.events if reason == "CanaryRolledBack"]
     assert "failed to load" in message and "model file truncated (2 pods)" in message
     assert world.prometheus.measured == []
+
+
+def test_a_canary_no_pod_can_load_is_rolled_back_once_they_read_its_routing(
+    world: World,
+) -> None:
+    world.prometheus.load_failed["v2"] = "ArtifactError: v2/item_factors.npy does not match"
+    world.train("v2", "1")
+    world.run(1)
+    assert world.status["canary"]["phase"] == "WaitingForRouting"  # an older routing's report
+    world.read_routing()  # never applied: no pod serves v2
+    world.run(1)
+    assert "canary" not in world.status
+    assert world.status["lastCanary"]["reason"] == "CanaryLoadFailed"
+    assert (world.routing.stable, world.routing.canary) == ("v1", None)
 
 
 def test_an_address_the_operator_does_not_allow_holds_the_canary(world: World) -> None:
