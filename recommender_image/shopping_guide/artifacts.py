@@ -120,6 +120,23 @@ def routed_versions(routing: Path) -> set[str] | None:
         return None
 
 
+def prunable(
+    versions: list[str], keep: int, protect: Iterable[str], routing: Path | None
+) -> list[str]:
+    """Of `versions` (oldest first), all but the newest `keep` and the protected: those named
+    and, read now, those `routing` routes; none when the routing file cannot be read."""
+    if keep < 1:
+        raise ArtifactError("keep must be at least 1")
+    protected = set(protect)
+    if routing is not None:
+        routed = routed_versions(routing)
+        if routed is None:
+            log.warning("not pruning: the routing file cannot be read")
+            return []
+        protected |= routed
+    return [v for v in versions[:-keep] if v not in protected]
+
+
 class ModelStore:
     def __init__(self, root: Path, guide: str | None = None) -> None:
         """`root` is the mounted store; `guide` (`NAMESPACE/NAME`) scopes it to one guide."""
@@ -341,17 +358,7 @@ class ModelStore:
         file, protects what it routes as read now, at the end of a run that may have taken
         hours; when it cannot be read, nothing is removed this time.
         """
-        if keep < 1:
-            raise ArtifactError("keep must be at least 1")
-        protected = set(protect)
-        if routing is not None:
-            routed = routed_versions(routing)
-            if routed is None:
-                log.warning("not pruning: the routing file cannot be read")
-                return []
-            protected |= routed
-        versions = self.versions()
-        removable = [v for v in versions[:-keep] if v not in protected]
+        removable = prunable(self.versions(), keep, protect, routing)
         for version in removable:
             # Rename first so a reader never opens a half-deleted version.
             doomed = self.home / f"{_INCOMING}deleting-{version}"

@@ -49,7 +49,7 @@ from .artifacts import (
     ModelStore,
     check_version,
     parse_guide,
-    routed_versions,
+    prunable,
 )
 from .errors import ArtifactError, ConfigError
 from .model import Model
@@ -302,17 +302,8 @@ class ObjectModelStore:
     ) -> list[str]:
         """`ModelStore.prune` on the bucket: the manifest goes first, so a version is gone for
         every reader before any of its files is."""
-        if keep < 1:
-            raise ArtifactError("keep must be at least 1")
-        protected = set(protect)
-        if routing is not None:
-            routed = routed_versions(routing)
-            if routed is None:
-                log.warning("not pruning: the routing file cannot be read")
-                return []
-            protected |= routed
         versions = self.versions()
-        removable = [v for v in versions[:-keep] if v not in protected]
+        removable = prunable(versions, keep, protect, routing)
         for version in removable:
             self.fs.delete_file(f"{self.home}/{version}/{MANIFEST}")
             self.fs.delete_dir(f"{self.home}/{version}")
