@@ -341,18 +341,25 @@ async def recommendations_batch(request: web.Request) -> web.Response:
     return web.Response(body=payload, content_type="application/json")
 
 
-async def similar_items(request: web.Request) -> web.Response:
-    item_id = decode_query(request.match_info, ItemPath, "path").item_id
-    query = decode_query(request.query, SimilarQuery)
+def _model_for(request: web.Request, user_id: str | None) -> tuple[ServingModel, Cohort]:
+    """The model of the shopper's cohort (the stable one without a shopper), labelled on the
+    request for its metrics; 503 while none is loaded."""
     snapshot = request.app[REGISTRY].snapshot
     cohort: Cohort = "stable"
-    if query.user_id is None:
+    if user_id is None:
         model = snapshot.stable
     else:
-        model, cohort = snapshot.route(query.user_id)
+        model, cohort = snapshot.route(user_id)
     if model is None:
         raise RequestError("no_model", "no model is loaded yet", 503)
     request[LABELS] = (model.version, cohort)
+    return model, cohort
+
+
+async def similar_items(request: web.Request) -> web.Response:
+    item_id = decode_query(request.match_info, ItemPath, "path").item_id
+    query = decode_query(request.query, SimilarQuery)
+    model, cohort = _model_for(request, query.user_id)
     ranked = await request.app[SCORING].run(model.similar, item_id, query.k)
     if ranked is None:
         raise RequestError("unknown_item", f"item {item_id!r} is not in model {model.version}", 404)
@@ -381,15 +388,7 @@ def _trending(model: ServingModel, k: int, filters: Filters | None) -> list[Tren
 
 async def trending(request: web.Request) -> web.Response:
     query = decode_query(request.query, TrendingQuery)
-    snapshot = request.app[REGISTRY].snapshot
-    cohort: Cohort = "stable"
-    if query.user_id is UNSET:
-        model = snapshot.stable
-    else:
-        model, cohort = snapshot.route(query.user_id)
-    if model is None:
-        raise RequestError("no_model", "no model is loaded yet", 503)
-    request[LABELS] = (model.version, cohort)
+    model, cohort = _model_for(request, None if query.user_id is UNSET else query.user_id)
     filters = _filters(CatalogFilters(
         categories=query.categories,
         min_price=None if query.min_price is UNSET else query.min_price,
@@ -424,15 +423,7 @@ async def _complete_basket(
     user_id: str | None,
     filters: CatalogFilters | None,
 ) -> BasketResponse:
-    snapshot = request.app[REGISTRY].snapshot
-    cohort: Cohort = "stable"
-    if user_id is None:
-        model = snapshot.stable
-    else:
-        model, cohort = snapshot.route(user_id)
-    if model is None:
-        raise RequestError("no_model", "no model is loaded yet", 503)
-    request[LABELS] = (model.version, cohort)
+    model, cohort = _model_for(request, user_id)
     try:
         candidates = model.candidates(None, _filters(filters))
     except ArtifactError as exc:
@@ -483,15 +474,7 @@ async def user_profile(request: web.Request) -> web.Response:
 
 async def guide_query(request: web.Request) -> web.Response:
     body = await decode_body(request, GuideRequest)
-    snapshot = request.app[REGISTRY].snapshot
-    cohort: Cohort = "stable"
-    if body.user_id is None:
-        model = snapshot.stable
-    else:
-        model, cohort = snapshot.route(body.user_id)
-    if model is None:
-        raise RequestError("no_model", "no model is loaded yet", 503)
-    request[LABELS] = (model.version, cohort)
+    model, cohort = _model_for(request, body.user_id)
     try:
         filters = _filters(body.filters) or Filters()
         answer = await request.app[SCORING].run(
