@@ -39,7 +39,7 @@ from .events import Events, EventSchema, Format, InvalidPolicy, load_events, rea
 from .hybrid import cold_item_evaluation, extend_items
 from .interactions import Interactions, Scale, build_interactions
 from .model import Model
-from .object_store import S3Options, open_events, open_store
+from .object_store import S3Options, is_object_uri, open_events, open_store
 from .splits import SplitKind, split
 from .trending import TrendingConfig
 from .trending import compute as compute_trending
@@ -105,6 +105,9 @@ def _rounded(metrics: dict[str, float]) -> dict[str, float]:
 
 def train(config: TrainConfig) -> dict[str, Any]:
     """Run the whole pipeline; raises ShoppingGuideError subclasses on bad input."""
+    if not is_object_uri(config.events):
+        # No scratch space for a local file: a read-only container may have none.
+        return _train(replace(config, events=Path(config.events)), source=str(config.events))
     with tempfile.TemporaryDirectory(prefix="shopping-guide-events-") as scratch:
         events = open_events(str(config.events), config.events_s3, Path(scratch))
         return _train(replace(config, events=events), source=str(config.events))
