@@ -171,6 +171,8 @@ def test_serves_what_it_trained(
         "--port", str(port),
         # The model store is read-only for the server, as the chart mounts it.
         mounts=[Mount(store, "/models"), Mount(routing, "/etc/shopping-guide/routing")],
+        # The Deployment's /tmp emptyDir: the worker processes keep their metrics there.
+        tmpfs=["/tmp"],
     )  # fmt: skip
     _, body = server.wait_for(f"http://127.0.0.1:{port}/readyz")
     assert json.loads(body)["stable"]["version"] == result["version"]
