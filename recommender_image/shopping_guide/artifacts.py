@@ -120,6 +120,17 @@ def routed_versions(routing: Path) -> set[str] | None:
         return None
 
 
+def parse_manifest(text: str, where: str) -> dict[str, Any]:
+    """A manifest's JSON, of this schema; `where` names it in the error."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{where}: unreadable manifest: {exc}") from exc
+    if not isinstance(document, dict) or document.get("schema") != ARTIFACT_SCHEMA:
+        raise ArtifactError(f"{where}: not a schema {ARTIFACT_SCHEMA} manifest")
+    return document
+
+
 def prunable(
     versions: list[str], keep: int, protect: Iterable[str], routing: Path | None
 ) -> list[str]:
@@ -257,15 +268,13 @@ class ModelStore:
     def manifest(self, version: str) -> dict[str, Any]:
         path = self.path(version) / MANIFEST
         try:
-            document = json.loads(path.read_text())
+            text = path.read_text()
         except FileNotFoundError as exc:
             where = f"{self.home} or {self.root}" if self.guide else str(self.root)
             raise ArtifactError(f"model version {version} not found in {where}") from exc
-        except (OSError, json.JSONDecodeError) as exc:
+        except OSError as exc:
             raise ArtifactError(f"{path}: unreadable manifest: {exc}") from exc
-        if not isinstance(document, dict) or document.get("schema") != ARTIFACT_SCHEMA:
-            raise ArtifactError(f"{path}: not a schema {ARTIFACT_SCHEMA} manifest")
-        return document
+        return parse_manifest(text, str(path))
 
     def load(self, version: str, verify: bool = True) -> LoadedModel:
         """Load and check a version: sizes, checksums, shapes, dtypes, finiteness."""

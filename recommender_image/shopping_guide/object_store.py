@@ -49,6 +49,7 @@ from .artifacts import (
     ModelStore,
     check_version,
     parse_guide,
+    parse_manifest,
     prunable,
 )
 from .errors import ArtifactError, ConfigError
@@ -338,18 +339,6 @@ class ObjectModelStore:
         text = "".join(f"{line}\n" for line in [*self.read_lines(name), *lines])
         with self.fs.open_output_stream(f"{self.root}/{name}") as out:
             out.write(text.encode("utf-8"))
-
-
-def parse_manifest(text: str, where: str) -> dict[str, Any]:
-    from .artifacts import ARTIFACT_SCHEMA
-
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{where}: unreadable manifest: {exc}") from exc
-    if not isinstance(document, dict) or document.get("schema") != ARTIFACT_SCHEMA:
-        raise ArtifactError(f"{where}: not a schema {ARTIFACT_SCHEMA} manifest")
-    return document
 
 
 AnyStore = ModelStore | ObjectModelStore
