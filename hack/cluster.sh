@@ -419,6 +419,10 @@ start_scheduler() {
 # kwok manages only nodes annotated kwok.x-k8s.io/node=fake; other nodes (a real,
 # process-backed one, say) are left alone. No --config: kwok then uses its default stages
 # (pods become Running and Ready, Job pods go on to Succeeded, deleted pods are removed).
+# Node leases: without them kwok's only heartbeat is a status patch about once a minute, longer
+# than the node controller's 50 s grace period. The node then goes NotReady now and then, the
+# node controller marks its pods unready, and kwok, which readies a pod once, never readies them
+# again: a Deployment on a fake node stops being available for good. 40 s is a kubelet's default.
 start_kwok() {
     mkdir -p "$STATE/kwok"
     start_component kwok \
@@ -427,6 +431,7 @@ start_kwok() {
         --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
         --cidr="$KWOK_POD_CIDR" \
         --node-ip="$KWOK_NODE_IP" \
+        --node-lease-duration-seconds=40 \
         --server-address="127.0.0.1:$KWOK_PORT"
     wait_for "kwok /healthz" 60 kwok curl -sf --max-time 5 "http://127.0.0.1:$KWOK_PORT/healthz"
 }

@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,6 +41,56 @@ ON_FAKE_NODES: dict[str, Any] = {
     "nodeSelector": {"type": "kwok"},
     "tolerations": [FAKE_NODE_TOLERATION],
 }
+
+
+# What a failed end-to-end test leaves for whoever reads the report: the cluster is gone by
+# then, so the state of its namespace, the nodes and the control plane's last words go into the
+# report itself.
+DIAGNOSED_LOGS = ("kube-scheduler", "kube-controller-manager", "kwok", "kubelet")
+LOG_TAIL_LINES = 40
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed and call.when == "call":
+        kube = getattr(item, "funcargs", {}).get("kube")
+        namespace = getattr(item, "funcargs", {}).get("namespace")
+        if isinstance(kube, Kube):
+            for title, text in _diagnosis(kube, namespace if isinstance(namespace, str) else None):
+                report.sections.append((f"cluster: {title}", text))
+    return report
+
+
+def _diagnosis(kube: Kube, namespace: str | None) -> list[tuple[str, str]]:
+    commands: list[tuple[str, list[str]]] = [("nodes", ["get", "nodes", "-o", "wide"])]
+    if namespace:
+        commands += [
+            (f"objects in {namespace}", ["get", "all", "-n", namespace, "-o", "wide"]),
+            (
+                f"events in {namespace}",
+                ["get", "events", "-n", namespace, "--sort-by=.lastTimestamp"],
+            ),
+        ]
+    sections = []
+    for title, args in commands:
+        try:
+            result = kube.kubectl(*args, check=False, timeout=30)
+            sections.append((title, result.stdout + result.stderr))
+        except subprocess.TimeoutExpired:
+            sections.append((title, "kubectl timed out after 30 s"))
+    if kube.state is not None:
+        for name in DIAGNOSED_LOGS:
+            log = kube.state / "logs" / f"{name}.log"
+            if log.exists():
+                with log.open("rb") as f:
+                    # The end is all that is wanted; a kubelet's log can run to hundreds of MB.
+                    f.seek(max(0, log.stat().st_size - 64 * 1024))
+                    lines = f.read().decode(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+                sections.append((f"{name}.log", "\n".join(lines)))
+    return sections
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import functools
 import json
 import uuid
 from typing import Any, TypeVar
@@ -70,6 +72,29 @@ def test_server_version_is_stamped(kube: Kube) -> None:
     versions = json.loads(kube.kubectl("version", "-o", "json").stdout)
     assert versions["clientVersion"]["gitVersion"] == "v1.34.4"
     assert versions["serverVersion"]["gitVersion"] == "v1.34.4"
+
+
+def test_fake_nodes_renew_their_leases(kube: Kube) -> None:
+    """A node without a fresh Lease goes NotReady within the node controller's grace period and
+    its pods are marked unready for good (kwok readies a pod only once): kwok must renew one."""
+    leases: Any = client.CoordinationV1Api(kube.api)
+    nodes = client.CoreV1Api(kube.api).list_node(label_selector="type=kwok").items
+    assert nodes, "no kwok nodes"
+
+    def renewed(name: str, after: datetime.datetime) -> bool:
+        spec = leases.read_namespaced_lease(name, "kube-node-lease").spec
+        return spec.renew_time is not None and spec.renew_time > after
+
+    for node in nodes:
+        name = some(some(node.metadata).name)
+        first = leases.read_namespaced_lease(name, "kube-node-lease").spec.renew_time
+        assert first is not None, f"{name}: its Lease has never been renewed"
+        # A kubelet renews at a quarter of the duration (10 s of 40); a minute is generous.
+        kube.wait_until(
+            functools.partial(renewed, name, first), 60, f"{name} renews its Lease", ignore=()
+        )
+        conditions = {c.type: c.status for c in some(node.status).conditions or []}
+        assert conditions.get("Ready") == "True", node.status
 
 
 def test_deployment_becomes_available(kube: Kube, namespace: str) -> None:
