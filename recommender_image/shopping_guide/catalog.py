@@ -9,6 +9,7 @@ scipy operations, with no Python loop over items.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,17 @@ class Catalog:
     attributes: list[dict[str, str]] | None
     price: npt.NDArray[np.float32]  # NaN where unknown
     in_stock: npt.NDArray[np.bool_]
+    # What serving matches merchandiser rules on: item x "key=value" (both lowercased), 1 where
+    # the item has that value. Built from `attributes` when not given; a served model has only
+    # this form (the dicts stay in training, for the text features).
+    attribute_matrix: sp.csr_matrix | None = None
+    attribute_names: npt.NDArray[np.str_] | None = None
+
+    def __post_init__(self) -> None:
+        if self.attribute_matrix is None or self.attribute_names is None:
+            self.attribute_matrix, self.attribute_names = _attribute_matrix(
+                self.attributes, len(self.item_ids)
+            )
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -98,6 +110,10 @@ class Catalog:
             "catalog_category_names": self.category_names,
         }
         put_sparse(out, "catalog_categories", self.categories)
+        if self.attribute_names is not None and len(self.attribute_names):
+            assert self.attribute_matrix is not None
+            out["catalog_attribute_names"] = self.attribute_names
+            put_sparse(out, "catalog_attributes", self.attribute_matrix)
         return out
 
     @classmethod
@@ -114,6 +130,11 @@ class Catalog:
             attributes=None,
             price=arrays["catalog_price"],
             in_stock=arrays["catalog_in_stock"],
+            # Versions trained before attributes were kept have none: no rule matches on them.
+            attribute_matrix=get_sparse(arrays, "catalog_attributes")
+            if "catalog_attribute_names" in arrays
+            else None,
+            attribute_names=arrays.get("catalog_attribute_names"),
         )
 
     def categories_of(self, item: int) -> list[str]:
@@ -126,9 +147,12 @@ class Catalog:
         index = np.asarray(pc.fill_null(position, -1), dtype=np.int64)
         known = index >= 0
         safe = np.where(known, index, 0)
-        categories = self.categories[safe]
-        categories = sp.diags(known.astype(np.float32)) @ categories
+        only_known = sp.diags(known.astype(np.float32))
+        categories = only_known @ self.categories[safe]
         categories.eliminate_zeros()
+        assert self.attribute_matrix is not None
+        attribute_matrix = only_known @ self.attribute_matrix[safe]
+        attribute_matrix.eliminate_zeros()
         return Catalog(
             item_ids=item_ids,
             titles=np.where(known, self.titles[safe], ""),
@@ -139,11 +163,38 @@ class Catalog:
             else [self.attributes[i] if ok else {} for i, ok in zip(safe, known, strict=True)],
             price=np.where(known, self.price[safe], np.nan).astype(np.float32),
             in_stock=np.where(known, self.in_stock[safe], True),
+            attribute_matrix=sp.csr_matrix(attribute_matrix),
+            attribute_names=self.attribute_names,
         )
+
+    def with_attribute(self, key: str, values: Sequence[str]) -> npt.NDArray[np.bool_]:
+        """Items whose attribute `key` is any of `values` (case-insensitive)."""
+        assert self.attribute_matrix is not None and self.attribute_names is not None
+        wanted = np.isin(self.attribute_names, [f"{key}={v}".lower() for v in values])
+        return np.asarray(self.attribute_matrix[:, wanted].sum(axis=1)).ravel() > 0
 
 
 def _strings(values: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.fill_null(pc.cast(values, pa.string()), "")
+
+
+def _attribute_matrix(
+    attributes: list[dict[str, str]] | None, n_items: int
+) -> tuple[sp.csr_matrix, npt.NDArray[np.str_]]:
+    rows: list[int] = []
+    pairs: list[str] = []
+    for row, values in enumerate(attributes or ()):
+        for key, value in values.items():
+            if key.strip() and value.strip():
+                rows.append(row)
+                pairs.append(f"{key.strip()}={value.strip()}".lower())
+    codes = pc.dictionary_encode(pa.array(pairs, pa.string()))
+    matrix = sp.csr_matrix(
+        (np.ones(len(rows), np.float32), (np.asarray(rows, np.int64), np.asarray(codes.indices))),
+        shape=(n_items, len(codes.dictionary)),
+    )
+    matrix.data[:] = 1.0
+    return matrix, np.asarray(codes.dictionary.to_pylist(), dtype=np.str_)
 
 
 def _category_matrix(

@@ -7,8 +7,8 @@ times); both sides parse it here, so what the operator writes a pod can read.
 
 Rules, each with an optional `from`/`until` window:
   pin            `item` at `position` (1 = first)
-  boost, bury    items that `match` (categories and/or items) move `positions` places up or
-                 down the list (bury without `positions`: to the end)
+  boost, bury    items that `match` (categories, items, attribute values) move `positions`
+                 places up or down the list (bury without `positions`: to the end)
   promote        at least `share` of the slots go to items that `match`
   hideOutOfStock never an item the catalogue marks out of stock
   noRepurchase   never what the shopper bought, except in `repeatableCategories`
@@ -35,14 +35,17 @@ class MerchandisingError(ValueError):
 
 @dataclass(frozen=True)
 class Match:
-    """Items a rule is about: those of any of `categories`, and those named in `items`."""
+    """Items a rule is about: those of any of `categories`, those named in `items`, and those
+    whose catalogue attribute has one of the listed values (`{"brand": ["acme"]}`)."""
 
     categories: tuple[str, ...] = ()
     items: tuple[str, ...] = ()
+    # (key, values) pairs, sorted by key: hashable, as the server caches a mask per match.
+    attributes: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not (self.categories or self.items)
+        return not (self.categories or self.items or self.attributes)
 
     def to_document(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -50,6 +53,8 @@ class Match:
             out["categories"] = list(self.categories)
         if self.items:
             out["items"] = list(self.items)
+        if self.attributes:
+            out["attributes"] = {key: list(values) for key, values in self.attributes}
         return out
 
 
@@ -150,7 +155,9 @@ def _rule(raw: Any, where: str) -> Rule:
             rule, item=item, position=_int(position, f"{where}.position", 1, MAX_POSITION)
         )
     if kind in ("boost", "bury", "promote") and match.empty:
-        raise MerchandisingError(f"{where}: {kind} needs match.categories or match.items")
+        raise MerchandisingError(
+            f"{where}: {kind} needs match.categories, match.items or match.attributes"
+        )
     if kind in ("boost", "bury"):
         positions = raw.get("positions")
         if positions is None and kind == "boost":
@@ -178,9 +185,19 @@ def _match(raw: Any, where: str) -> Match:
         return Match()
     if not isinstance(raw, Mapping):
         raise MerchandisingError(f"{where} must be an object")
+    attributes = raw.get("attributes") or {}
+    if not isinstance(attributes, Mapping) or not all(
+        isinstance(key, str) and key for key in attributes
+    ):
+        raise MerchandisingError(f"{where}.attributes must map attribute names to value lists")
     return Match(
         _strings(raw.get("categories") or [], f"{where}.categories"),
         _strings(raw.get("items") or [], f"{where}.items"),
+        tuple(
+            (key, _strings(attributes[key], f"{where}.attributes.{key}"))
+            for key in sorted(attributes)
+            if attributes[key]
+        ),
     )
 
 

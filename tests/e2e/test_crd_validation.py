@@ -525,7 +525,23 @@ INVALID: list[tuple[str, Mutation, str]] = [
     (
         "a boost without a match",
         _set("spec.serving.rules", [{"type": "boost", "positions": 2}]),
-        "boost, bury and promote rules need match.categories or match.items",
+        "boost, bury and promote rules need match.categories, match.items or match.attributes",
+    ),
+    (
+        "a boost on an attribute with no values",
+        _set(
+            "spec.serving.rules",
+            [{"type": "boost", "positions": 2, "match": {"attributes": {"colour": []}}}],
+        ),
+        "spec.serving.rules[0].match.attributes.colour",
+    ),
+    (
+        "an attribute value that is not a list",
+        _set(
+            "spec.serving.rules",
+            [{"type": "bury", "match": {"attributes": {"colour": "red"}}}],
+        ),
+        "spec.serving.rules[0].match.attributes.colour",
     ),
     (
         "a promotion without its share",
@@ -665,6 +681,11 @@ VALID_VARIANTS: list[tuple[str, Mutation]] = [
                         "until": "2026-12-24T00:00:00Z",
                     },
                     {"type": "bury", "match": {"categories": ["clearance"]}},
+                    {
+                        "type": "boost",
+                        "positions": 3,
+                        "match": {"attributes": {"colour": ["red", "pink"], "brand": ["Acme"]}},
+                    },
                     {"type": "promote", "match": {"items": ["22423"]}, "share": 0.2},
                     {"type": "noRepurchase", "repeatableCategories": ["tea"]},
                     {"type": "diversity", "maxPerCategory": 3},

@@ -73,6 +73,39 @@ def test_reindex_keeps_metadata_and_blanks_unknown_items(
     assert sorted(again.categories_of(2)) == ["garden", "lighting"]
 
 
+def test_attributes_are_kept_for_serving_and_match_case_insensitively(
+    write_file: Callable[[str, str], Path],
+) -> None:
+    text = (
+        "item_id,title,attributes\n"
+        'a1,Red lantern,"{""colour"": ""Red"", ""brand"": ""Acme""}"\n'
+        "a2,Blue lantern,colour=blue; brand = acme\n"
+        "b1,Mug,\n"
+    )
+    catalog = load_catalog(
+        write_file("a.csv", text),
+        CatalogSchema(category_col=None, price_col=None, attributes_col="attributes"),
+    )
+    assert catalog.with_attribute("brand", ["ACME"]).tolist() == [True, True, False]
+    assert catalog.with_attribute("colour", ["red", "green"]).tolist() == [True, False, False]
+    # A served model has no attribute dicts, only what to_arrays kept; reindexing keeps it too.
+    served = Catalog.from_arrays(catalog.to_arrays(), catalog.item_ids)
+    assert served is not None and served.attributes is None
+    assert served.with_attribute("colour", ["blue"]).tolist() == [False, True, False]
+    again = served.reindex(np.array(["b1", "zz", "a2"]))
+    assert again.with_attribute("brand", ["acme"]).tolist() == [False, False, True]
+
+
+def test_a_model_saved_without_attributes_matches_none(
+    write_file: Callable[[str, str], Path],
+) -> None:
+    arrays = load_catalog(write_file("c.csv", CATALOG), CatalogSchema()).to_arrays()
+    assert not any(name.startswith("catalog_attribute") for name in arrays)
+    served = Catalog.from_arrays(arrays, np.array(["a1", "a2", "b1", "b2"]))
+    assert served is not None
+    assert not served.with_attribute("colour", ["red"]).any()
+
+
 def test_a_brand_new_item_is_recommended_and_similar_through_content(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -21,6 +21,8 @@ from shopping_guide_contracts.merchandising import Merchandising, MerchandisingE
 N_ITEMS, N_USERS = 20, 10
 # Even items lights, odd items tea, the last four mugs; i3 is out of stock.
 CATEGORY = ["lights" if i % 2 == 0 else "tea" for i in range(16)] + ["mugs"] * 4
+# i6 and i9 are red (spelt two ways), i8 is Acme's.
+ATTRIBUTES = {6: {"colour": "Red"}, 8: {"brand": "Acme", "colour": "blue"}, 9: {"colour": "red"}}
 
 
 def _model() -> ServingModel:
@@ -50,7 +52,7 @@ def _model() -> ServingModel:
             shape=(N_ITEMS, len(names)),
         ),
         category_names=names,
-        attributes=None,
+        attributes=[ATTRIBUTES.get(i, {}) for i in range(N_ITEMS)],
         price=np.ones(N_ITEMS, np.float32),
         in_stock=np.array([i != 3 for i in range(N_ITEMS)]),
     )
@@ -100,6 +102,23 @@ def test_boost_and_bury_shift_positions(model: ServingModel) -> None:
     assert ids(ask(model, bury)) == ["i3", "i4", "i5", "i6", "i7"]
     bury_one = {"type": "bury", "match": {"items": ["i2"]}, "positions": 1}
     assert ids(ask(model, bury_one)) == ["i3", "i2", "i4", "i5", "i6"]
+
+
+def test_boost_and_bury_by_catalogue_attribute(model: ServingModel) -> None:
+    # Case does not matter, on either side; a served model has the attributes from its arrays.
+    red = {"type": "boost", "match": {"attributes": {"COLOUR": ["RED"]}}, "positions": 10}
+    assert ids(ask(model, red)) == ["i6", "i9", "i2", "i3", "i4"]
+    # Any of the values, and any of the attributes, matches.
+    either = {"attributes": {"colour": ["pink", "red"], "brand": ["acme"]}}
+    assert ids(ask(model, {"type": "boost", "match": either, "positions": 10})) == [
+        "i6", "i8", "i9", "i2", "i3",
+    ]  # fmt: skip
+    assert ids(ask(model, {"type": "bury", "match": {"attributes": {"colour": ["red"]}}})) == [
+        "i2", "i3", "i4", "i5", "i7",
+    ]  # fmt: skip
+    # A value no item has matches nothing; the list is the model's.
+    none = {"type": "boost", "match": {"attributes": {"colour": ["teal"]}}, "positions": 3}
+    assert ids(ask(model, none)) == ids(ask(model))
 
 
 def test_out_of_stock_items_are_hidden_and_the_list_still_fills(model: ServingModel) -> None:
@@ -198,6 +217,10 @@ def test_batched_answers_with_rules_equal_answers_alone(model: ServingModel) -> 
         ({"rules": [{"type": "hideOutOfStock", "from": "2026-02-01T00:00:00Z",
                      "until": "2026-01-01T00:00:00Z"}]}, "until must be after from"),
         ({"exploration": {"share": 0.9}}, "exploration.share"),
+        ({"rules": [{"type": "bury", "match": {"attributes": ["colour"]}}]},
+         "rules[0].match.attributes must map attribute names to value lists"),
+        ({"rules": [{"type": "bury", "match": {"attributes": {"colour": "red"}}}]},
+         "rules[0].match.attributes.colour must be a list of strings"),
     ],
 )  # fmt: skip
 def test_bad_rules_are_refused_with_the_rule_named(document: dict[str, Any], message: str) -> None:
@@ -210,6 +233,7 @@ def test_rules_round_trip_through_the_document() -> None:
         "rules": [
             {"type": "pin", "item": "x", "position": 3, "from": "2026-01-01T00:00:00+00:00"},
             {"type": "promote", "match": {"categories": ["mugs"]}, "share": 0.2},
+            {"type": "bury", "match": {"items": ["y"], "attributes": {"brand": ["a", "b"]}}},
             {"type": "noRepurchase", "repeatableCategories": ["tea"]},
         ],
         "exploration": {"share": 0.1},

@@ -43,7 +43,8 @@ def replaces_exclude_seen(rules: Sequence[Rule]) -> bool:
 
 
 def matches(model: ServingModel, match: Match) -> Mask:
-    """Items of any of the match's categories, or named by it (cached per model)."""
+    """Items of any of the match's categories or attribute values, or named by it (cached per
+    model)."""
     cache = model.match_cache
     if match in cache:
         return cache[match]
@@ -52,6 +53,9 @@ def matches(model: ServingModel, match: Match) -> Mask:
     if match.categories and catalog is not None:
         wanted = np.isin(catalog.category_names, [c.lower() for c in match.categories])
         mask |= np.asarray(catalog.categories[:, wanted].sum(axis=1)).ravel() > 0
+    if catalog is not None:
+        for key, values in match.attributes:
+            mask |= catalog.with_attribute(key, values)
     if match.items:
         found = model.items.lookup(match.items)
         mask[found[found >= 0]] = True
