@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,13 +18,13 @@ from typing import TYPE_CHECKING
 from shopping_guide_contracts import training_result
 
 from .algorithms import ALGORITHMS, AUTO, AUTO_FAMILIES
-from .artifacts import parse_guide
+from .artifacts import parse_guide, routed_versions
 from .baskets import BASKET_MODELS
 from .catalog import CatalogSchema
 from .errors import ConfigError, ShoppingGuideError
 from .events import FORMATS, EventSchema
 from .interactions import SCALES
-from .object_store import S3Options, open_store
+from .object_store import S3Options, is_object_uri, open_events, open_store
 from .splits import SPLITS
 from .training import TrainConfig, train
 from .trending import (
@@ -219,13 +220,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=0.3,
         help="share of the content score in the hybrid score (0: pure CF)",
     )
-    trend = p.add_argument_group("trending now (needs --time-col)")
-    trend.add_argument("--trending-window-hours", type=float, default=DEFAULT_WINDOW_HOURS,
-                       help="the recent window whose rate is set against the baseline")  # fmt: skip
-    trend.add_argument("--trending-baseline-hours", type=float, default=DEFAULT_BASELINE_HOURS,
-                       help="the window before it, whose rate is the item's usual one")  # fmt: skip
-    trend.add_argument("--trending-min-count", type=int, default=DEFAULT_MIN_COUNT,
-                       help="interactions in the recent window an item needs to trend")  # fmt: skip
+    _add_trending(p)
     store = p.add_argument_group("model store")
     _add_guide(store)
     store.add_argument("--keep", type=int, default=5, help="versions to keep")
@@ -250,6 +245,24 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     _add_s3(p)
     _add_s3(p, "events")
     p.set_defaults(handler=_run_train)
+
+
+def _add_trending(p: argparse.ArgumentParser) -> None:
+    trend = p.add_argument_group("trending now (needs --time-col)")
+    trend.add_argument("--trending-window-hours", type=float, default=DEFAULT_WINDOW_HOURS,
+                       help="the recent window whose rate is set against the baseline")  # fmt: skip
+    trend.add_argument("--trending-baseline-hours", type=float, default=DEFAULT_BASELINE_HOURS,
+                       help="the window before it, whose rate is the item's usual one")  # fmt: skip
+    trend.add_argument("--trending-min-count", type=int, default=DEFAULT_MIN_COUNT,
+                       help="interactions in the recent window an item needs to trend")  # fmt: skip
+
+
+def _trending_config(args: argparse.Namespace) -> TrendingConfig:
+    return TrendingConfig(
+        window_hours=args.trending_window_hours,
+        baseline_hours=args.trending_baseline_hours,
+        min_count=args.trending_min_count,
+    )
 
 
 def _title_price(value: str | None) -> tuple[str, str | None] | None:
@@ -317,11 +330,7 @@ def _run_train(args: argparse.Namespace) -> int:
         content_weight=args.content_weight,
         basket_model=args.basket_model,
         basket_neighbours=args.basket_neighbours,
-        trending=TrendingConfig(
-            window_hours=args.trending_window_hours,
-            baseline_hours=args.trending_baseline_hours,
-            min_count=args.trending_min_count,
-        ),
+        trending=_trending_config(args),
     )
     result = train(config)
     print(json.dumps(result, sort_keys=True))
@@ -573,6 +582,76 @@ def _run_forget_users(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_refresh_trending(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "refresh-trending",
+        help="recompute trending now from fresher events and rewrite model versions with it, "
+        "without a retrain",
+    )
+    p.add_argument("--model-store", required=True, help=STORE_HELP)
+    _add_guide(p)
+    p.add_argument(
+        "--version",
+        action="append",
+        default=[],
+        metavar="VERSION[,VERSION...]",
+        help="versions to refresh (repeatable; default: those --routing routes, else the newest)",
+    )
+    p.add_argument("--routing", type=Path, help="routing file: refresh the versions it routes")
+    data = p.add_argument_group("events (only the item and time columns are read)")
+    data.add_argument(
+        "--events", required=True, help="CSV/TSV/JSONL/Parquet file, a path or s3://BUCKET/KEY"
+    )
+    data.add_argument("--format", choices=FORMATS, help="default: from the file name")
+    data.add_argument("--user-col", default="user_id", help="to leave forgotten users out")
+    data.add_argument("--item-col", default="item_id")
+    data.add_argument("--time-col", required=True, help="timestamp column")
+    data.add_argument("--time-format", help="strptime format when timestamps are not ISO 8601")
+    data.add_argument("--on-invalid", choices=("error", "skip"), default="error")
+    _add_trending(p)
+    p.add_argument(
+        "--termination-log",
+        type=Path,
+        help="also write the result there (Kubernetes termination message)",
+    )
+    _add_s3(p)
+    _add_s3(p, "events")
+    p.set_defaults(handler=_run_refresh_trending)
+
+
+def _run_refresh_trending(args: argparse.Namespace) -> int:
+    from .trending_refresh import refresh
+
+    store = open_store(args.model_store, args.guide, _s3(args))
+    versions = _versions(args.version)
+    if not versions and args.routing is not None:
+        routed = routed_versions(args.routing)
+        if routed is None:
+            raise ConfigError(f"cannot read the routing file {args.routing}")
+        versions = sorted(routed)
+    if not versions:
+        versions = store.versions()[-1:]
+    schema = EventSchema(
+        user_col=args.user_col,
+        item_col=args.item_col,
+        time_col=args.time_col,
+        time_format=args.time_format,
+    )
+    options = {"fmt": args.format, "policy": args.on_invalid, "source": args.events}
+    config = _trending_config(args)
+    if is_object_uri(args.events):
+        with tempfile.TemporaryDirectory(prefix="shopping-guide-events-") as scratch:
+            events = open_events(args.events, _s3(args, "events"), Path(scratch))
+            result = refresh(store, versions, events, schema, config, **options)
+    else:
+        result = refresh(store, versions, Path(args.events), schema, config, **options)
+    document = json.dumps(result, sort_keys=True)
+    if args.termination_log:
+        args.termination_log.write_text(document)
+    print(document)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shopping-guide", description=__doc__)
     parser.add_argument("--log-level", default="WARNING")
@@ -581,6 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_forget(sub)
     _add_forget_users(sub)
+    _add_refresh_trending(sub)
     return parser
 
 

@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.conftest import required
 from tests.e2e.host_state import HostState
-from tests.e2e.product import wait_until
+from tests.e2e.product import wait_established, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SH = REPO / "hack" / "cluster.sh"
@@ -160,6 +160,9 @@ class Kube:
     ) -> T:
         """Polls `probe` until it returns something truthy; returns that value."""
         return wait_until(probe, timeout, what, interval, ignore)
+
+    def wait_established(self, *crds: str) -> None:
+        wait_established(lambda *args: self.kubectl(*args, check=False), *crds)
 
     def restart_apiserver(self) -> None:
         if self.state is None:

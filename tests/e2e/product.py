@@ -71,6 +71,25 @@ def wait_until(
         time.sleep(interval)
 
 
+ESTABLISHED = '{.status.conditions[?(@.type=="Established")].status}'
+
+
+def wait_established(
+    kubectl: Callable[..., subprocess.CompletedProcess[str]], *crds: str, timeout: float = 60
+) -> None:
+    """Polls until each CRD is Established. Not `kubectl wait`: it fails at once, rather than
+    waiting, on a CRD so new that it has no status conditions yet."""
+    for crd in crds:
+        wait_until(
+            lambda crd=crd: (
+                kubectl("get", f"crd/{crd}", "-o", f"jsonpath={ESTABLISHED}").stdout.strip()
+                == "True"
+            ),
+            timeout,
+            f"CRD {crd} established",
+        )
+
+
 @dataclass
 class Cluster:
     """kubectl and helm against one cluster."""
@@ -150,10 +169,7 @@ class Product:
         """The chart, with the built operator image, as a pod under the chart's account."""
         for crd in sorted((REPO / "crds").glob("*.yaml")):
             self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-        self.cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/shoppingguides.shoppingguide.io",
-        )  # fmt: skip
+        wait_established(self.cluster.run_kubectl, "shoppingguides.shoppingguide.io")
         self.cluster.apply(namespace_manifest(self.namespace))
         repository, tag = OPERATOR_IMAGE.rsplit(":", 1)
         self.cluster.helm(

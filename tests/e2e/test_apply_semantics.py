@@ -187,12 +187,7 @@ def guide(kube: Kube, namespace: str) -> str:
     crd = kube.kubectl("get", "crd", "shoppingguides.shoppingguide.io", check=False)
     if crd.returncode != 0:
         kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    kube.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/shoppingguides.shoppingguide.io",
-    )
+    kube.wait_established("shoppingguides.shoppingguide.io")
     from tests.unit.operator.conftest import BASE
 
     body = copy.deepcopy(BASE)

@@ -35,13 +35,7 @@ def helm(kube: Kube, *args: str) -> subprocess.CompletedProcess[str]:
 def test_rendered_chart_passes_server_side_dry_run(kube: Kube, namespace: str) -> None:
     # The peering object's kind must exist before a dry run can validate it.
     kube.kubectl("apply", "--server-side", "-f", str(REPO / "crds" / "kopf.dev_peerings.yaml"))
-    kube.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/kopfpeerings.kopf.dev",
-        "crd/clusterkopfpeerings.kopf.dev",
-    )
+    kube.wait_established("kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev")
     rendered = helm(
         kube,
         "template",

@@ -632,12 +632,7 @@ INVALID: list[tuple[str, Mutation, str]] = [
 @pytest.fixture(scope="module")
 def crd(kube: Kube) -> Kube:
     kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    kube.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/shoppingguides.shoppingguide.io",
-    )
+    kube.wait_established("shoppingguides.shoppingguide.io")
     return kube
 
 

@@ -39,12 +39,8 @@ TIMEOUT = 90.0
 def install_crd(kube: Kube) -> None:
     for crd in (CRD, ERASURE_CRD):
         kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    kube.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/shoppingguides.shoppingguide.io",
-        "crd/shoppingguideerasures.shoppingguide.io",
+    kube.wait_established(
+        "shoppingguides.shoppingguide.io", "shoppingguideerasures.shoppingguide.io"
     )
 
 

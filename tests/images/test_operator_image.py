@@ -70,7 +70,7 @@ def test_command_line_starts(podman: Podman, operator_image: str) -> None:
 def watched(kube: Kube) -> Iterator[str]:
     """A namespace of its own, with the CRD installed, for one operator to watch."""
     kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRD))
+    kube.wait_established("shoppingguides.shoppingguide.io")
     name = f"images-{uuid.uuid4().hex[:8]}"
     kube.kubectl("create", "namespace", name)
     try:
