@@ -5,6 +5,7 @@ Used by the end-to-end tests and by `make demo` (hack/demo.py)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -79,15 +80,13 @@ def wait_established(
 ) -> None:
     """Polls until each CRD is Established. Not `kubectl wait`: it fails at once, rather than
     waiting, on a CRD so new that it has no status conditions yet."""
+
+    def established(crd: str) -> bool:
+        found = kubectl("get", f"crd/{crd}", "-o", f"jsonpath={ESTABLISHED}")
+        return bool(found.stdout.strip() == "True")
+
     for crd in crds:
-        wait_until(
-            lambda crd=crd: (
-                kubectl("get", f"crd/{crd}", "-o", f"jsonpath={ESTABLISHED}").stdout.strip()
-                == "True"
-            ),
-            timeout,
-            f"CRD {crd} established",
-        )
+        wait_until(functools.partial(established, crd), timeout, f"CRD {crd} established")
 
 
 @dataclass
