@@ -11,7 +11,8 @@ The prior damps new items (no baseline): they need several interactions to rise 
 window ends at the newest event of the data, not the wall clock, so a run is reproducible.
 
 The result is a small array set in the model version's artifacts (`trending_*`), recomputed
-by `shopping-guide trending` from fresher events without a retrain.
+by `shopping-guide refresh-trending` from fresher events without a retrain
+(`trending_refresh.py`).
 """
 
 from __future__ import annotations
