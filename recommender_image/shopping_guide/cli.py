@@ -104,6 +104,14 @@ def _s3(args: argparse.Namespace, of: str = "") -> S3Options:
     )
 
 
+def _add_termination_log(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--termination-log",
+        type=Path,
+        help="also write the result there (Kubernetes termination message)",
+    )
+
+
 def _versions(values: Sequence[str]) -> list[str]:
     return [v.strip() for raw in values for v in raw.split(",") if v.strip()]
 
@@ -237,11 +245,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="routing file: the versions it routes when the run prunes are never pruned "
         "(missing: none yet; unreadable: no pruning)",
     )
-    p.add_argument(
-        "--termination-log",
-        type=Path,
-        help="also write the result there (Kubernetes termination message)",
-    )
+    _add_termination_log(p)
     _add_s3(p)
     _add_s3(p, "events")
     p.set_defaults(handler=_run_train)
@@ -559,11 +563,7 @@ def _add_forget_users(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="HEX",
         help="lower-case hex SHA-256 of a user id (repeatable)",
     )
-    p.add_argument(
-        "--termination-log",
-        type=Path,
-        help="also write the result there (Kubernetes termination message)",
-    )
+    _add_termination_log(p)
     p.set_defaults(handler=_run_forget_users)
 
 
@@ -609,11 +609,7 @@ def _add_refresh_trending(sub: argparse._SubParsersAction[argparse.ArgumentParse
     data.add_argument("--time-format", help="strptime format when timestamps are not ISO 8601")
     data.add_argument("--on-invalid", choices=("error", "skip"), default="error")
     _add_trending(p)
-    p.add_argument(
-        "--termination-log",
-        type=Path,
-        help="also write the result there (Kubernetes termination message)",
-    )
+    _add_termination_log(p)
     _add_s3(p)
     _add_s3(p, "events")
     p.set_defaults(handler=_run_refresh_trending)

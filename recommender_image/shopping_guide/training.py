@@ -39,7 +39,7 @@ from .events import Events, EventSchema, Format, InvalidPolicy, load_events, rea
 from .hybrid import cold_item_evaluation, extend_items
 from .interactions import Interactions, Scale, build_interactions
 from .model import Model
-from .object_store import S3Options, is_object_uri, open_events, open_store
+from .object_store import AnyStore, S3Options, is_object_uri, open_events, open_store
 from .splits import SplitKind, split
 from .trending import TrendingConfig
 from .trending import compute as compute_trending
@@ -141,15 +141,7 @@ def _train(config: TrainConfig, source: str) -> dict[str, Any]:
 
     store = open_store(config.model_store, config.guide, config.s3)
     events = load_events(Path(config.events), config.schema, config.format, config.on_invalid)
-    forgotten = forgotten_users(store)
-    hashed = forgotten_user_hashes(store)
-    if hashed:
-        # Erasure requests name users by hash only: find which of these users they are.
-        users = np.unique(events.users.to_numpy(zero_copy_only=False).astype(str))
-        forgotten += [u for u in users if user_sha256(u) in hashed]
-    if forgotten:
-        # Users who asked to be forgotten are never learned from again.
-        events = events.without_users(forgotten)
+    events = without_forgotten(store, events)
     mark = lap("load", started)
     data = _aggregate(config, events)
     mark = lap("aggregate", mark)
@@ -392,6 +384,17 @@ def _evaluate_bought_together(
             "similar_items": _rounded(evaluate_baskets(similar_items_scorer(cf), holdout, k)),
         },
     }
+
+
+def without_forgotten(store: AnyStore, events: Events) -> Events:
+    """The events less those of users who asked to be forgotten: never learned from again."""
+    forgotten = forgotten_users(store)
+    hashed = forgotten_user_hashes(store)
+    if hashed:
+        # Erasure requests name users by hash only: find which of these users they are.
+        users = np.unique(events.users.to_numpy(zero_copy_only=False).astype(str))
+        forgotten += [u for u in users if user_sha256(u) in hashed]
+    return events.without_users(forgotten) if forgotten else events
 
 
 def item_positions(items: pa.Array, item_ids: npt.NDArray[np.str_]) -> npt.NDArray[np.int64]:

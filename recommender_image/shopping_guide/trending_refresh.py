@@ -15,13 +15,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .artifacts import forgotten_user_hashes, forgotten_users, user_sha256
 from .errors import ConfigError, DataError
 from .events import EventSchema, Format, InvalidPolicy, load_events
 from .object_store import AnyStore
-from .training import item_positions
+from .training import item_positions, without_forgotten
 from .trending import TrendingConfig, compute
 
 
@@ -40,14 +37,7 @@ def refresh(
         raise ConfigError("refreshing trending needs the events' time column (--time-col)")
     if not versions:
         raise ConfigError("no model version to refresh")
-    found = load_events(events, schema, fmt, policy)
-    hashed = forgotten_user_hashes(store)
-    forgotten = forgotten_users(store)
-    if hashed:
-        users = np.unique(found.users.to_numpy(zero_copy_only=False).astype(str))
-        forgotten += [u for u in users if user_sha256(u) in hashed]
-    if forgotten:
-        found = found.without_users(forgotten)
+    found = without_forgotten(store, load_events(events, schema, fmt, policy))
     if found.timestamp is None or not len(found.timestamp):
         raise DataError("no events with a time to compute trending from", events)
     at = datetime.now(UTC).isoformat(timespec="seconds")
