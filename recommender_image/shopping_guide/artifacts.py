@@ -52,10 +52,12 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 ARTIFACT_SCHEMA = 1
 GUIDES = "guides"
-_INCOMING = ".incoming-"
-_STALE_SECONDS = 3600
+# A version being written, or rewritten, is staged under this prefix; what a killed writer
+# left there is removed once older than STALE_SECONDS (both stores).
+INCOMING = ".incoming-"
+STALE_SECONDS = 3600
 # A Kubernetes name (DNS subdomain): never `..`, never a separator.
-_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 @dataclass
@@ -96,7 +98,7 @@ def new_version(now: datetime | None = None) -> str:
 def parse_guide(value: str) -> tuple[str, str]:
     """`NAMESPACE/NAME` into its two parts, each a Kubernetes name."""
     namespace, sep, name = value.partition("/")
-    if not sep or not _K8S_NAME.match(namespace) or not _K8S_NAME.match(name) or ".." in value:
+    if not sep or not K8S_NAME.match(namespace) or not K8S_NAME.match(name) or ".." in value:
         raise ConfigError(f"guide must be NAMESPACE/NAME (Kubernetes names), got {value!r}")
     return namespace, name
 
@@ -164,7 +166,7 @@ class ModelStore:
         stores = [ModelStore(self.root)]
         for directory in sorted((self.root / GUIDES).glob("*/*")):
             names = (directory.parent.name, directory.name)
-            if directory.is_dir() and all(_K8S_NAME.match(n) for n in names):
+            if directory.is_dir() and all(K8S_NAME.match(n) for n in names):
                 stores.append(ModelStore(self.root, "/".join(names)))
         return stores
 
@@ -213,7 +215,7 @@ class ModelStore:
         final = self.home / version
         if final.exists():
             raise ArtifactError(f"version {version} already exists in {self.home}")
-        incoming = self.home / f"{_INCOMING}{version}-{os.getpid()}"
+        incoming = self.home / f"{INCOMING}{version}-{os.getpid()}"
         incoming.mkdir()
         try:
             arrays = {
@@ -335,10 +337,10 @@ class ModelStore:
     ) -> None:
         """Rewrite a version in place: written beside the old one and swapped in by rename."""
         home = self.path(version).parent
-        staging = ModelStore(home / f"{_INCOMING}forget-{secrets.token_hex(4)}")
+        staging = ModelStore(home / f"{INCOMING}forget-{secrets.token_hex(4)}")
         try:
             _, written = staging.write(model, user_ids, item_ids, meta, version, extras)
-            retired = home / f"{_INCOMING}retired-{version}-{secrets.token_hex(4)}"
+            retired = home / f"{INCOMING}retired-{version}-{secrets.token_hex(4)}"
             (home / version).rename(retired)
             written.rename(home / version)
             _fsync_dir(home)
@@ -370,12 +372,12 @@ class ModelStore:
         removable = prunable(self.versions(), keep, protect, routing)
         for version in removable:
             # Rename first so a reader never opens a half-deleted version.
-            doomed = self.home / f"{_INCOMING}deleting-{version}"
+            doomed = self.home / f"{INCOMING}deleting-{version}"
             (self.home / version).rename(doomed)
             shutil.rmtree(doomed, ignore_errors=True)
         now = time.time()
-        for entry in self.home.glob(f"{_INCOMING}*"):
-            if now - entry.stat().st_mtime > _STALE_SECONDS:
+        for entry in self.home.glob(f"{INCOMING}*"):
+            if now - entry.stat().st_mtime > STALE_SECONDS:
                 shutil.rmtree(entry, ignore_errors=True)
         return removable
 

@@ -40,11 +40,11 @@ import numpy.typing as npt
 import pyarrow.fs as pafs
 
 from .artifacts import (
-    _INCOMING,
-    _K8S_NAME,
-    _STALE_SECONDS,
     GUIDES,
+    INCOMING,
+    K8S_NAME,
     MANIFEST,
+    STALE_SECONDS,
     LoadedModel,
     ModelStore,
     check_version,
@@ -175,7 +175,7 @@ class ObjectModelStore:
                 continue
             for guide in self._entries(namespace.path):
                 names = (namespace.base_name, guide.base_name)
-                if guide.type == pafs.FileType.Directory and all(_K8S_NAME.match(n) for n in names):
+                if guide.type == pafs.FileType.Directory and all(K8S_NAME.match(n) for n in names):
                     stores.append(ObjectModelStore(self.fs, self.uri, "/".join(names)))
         return stores
 
@@ -210,7 +210,7 @@ class ObjectModelStore:
         text = manifest_text if manifest_text is not None else self.manifest_text(version)
         manifest = parse_manifest(text, f"{self.location(version)}/{MANIFEST}")
         directory.mkdir(parents=True, exist_ok=True)
-        incoming = Path(tempfile.mkdtemp(prefix=f"{_INCOMING}{version}-", dir=directory))
+        incoming = Path(tempfile.mkdtemp(prefix=f"{INCOMING}{version}-", dir=directory))
         try:
             for filename, expected in manifest.get("files", {}).items():
                 local = incoming / Path(filename).name
@@ -222,7 +222,7 @@ class ObjectModelStore:
             (incoming / MANIFEST).write_text(text)
             final = directory / version
             if final.exists():
-                retired = directory / f"{_INCOMING}retired-{version}-{secrets.token_hex(4)}"
+                retired = directory / f"{INCOMING}retired-{version}-{secrets.token_hex(4)}"
                 final.rename(retired)
                 shutil.rmtree(retired, ignore_errors=True)
             incoming.rename(final)
@@ -322,7 +322,7 @@ class ObjectModelStore:
                 continue
             selector = pafs.FileSelector(entry.path, recursive=True, allow_not_found=True)
             times = [i.mtime.timestamp() for i in self.fs.get_file_info(selector) if i.mtime]
-            if times and now - max(times) > _STALE_SECONDS:
+            if times and now - max(times) > STALE_SECONDS:
                 self.fs.delete_dir(entry.path)
 
     def read_lines(self, name: str) -> list[str]:

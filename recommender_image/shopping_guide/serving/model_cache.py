@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..artifacts import _INCOMING, MANIFEST, LoadedModel, ModelStore
+from ..artifacts import INCOMING, MANIFEST, LoadedModel, ModelStore
 from ..errors import ArtifactError
 from ..object_store import ObjectModelStore
 
@@ -89,5 +89,5 @@ class ModelCache:
 
     def _retain(self, versions: set[str]) -> None:
         for entry in self.directory.iterdir():
-            if entry.is_dir() and (entry.name.startswith(_INCOMING) or entry.name not in versions):
+            if entry.is_dir() and (entry.name.startswith(INCOMING) or entry.name not in versions):
                 shutil.rmtree(entry, ignore_errors=True)
