@@ -159,6 +159,6 @@ def advance(
     elif candidate is not None and training_active:
         statuses[candidate.name] = {
             "phase": PENDING,
-            "message": "waiting for the running training Job: the store has one writer",
+            "message": "waiting for the running training or trending Job: the store has one writer",
         }
     return ErasureStep(start, statuses, busy, tuple(finished))

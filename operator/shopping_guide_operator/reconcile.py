@@ -19,7 +19,7 @@ from shopping_guide_contracts.routing import CONFIGMAP_KEY, RoutingError
 from shopping_guide_contracts.routing import parse as parse_routing
 
 from . import conditions as c
-from . import erasure, rollout, runs
+from . import erasure, rollout, runs, trending_refresh
 from .builders.attribution import attribution_secret_name, build_attribution_secret
 from .builders.common import cronjob_name, routing_configmap_name
 from .builders.deployment import build_deployment
@@ -30,6 +30,7 @@ from .builders.pdb import build_pdb
 from .builders.routing import build_routing_configmap
 from .builders.service import build_service
 from .builders.training import TRIGGER_SCHEDULE, build_cronjob, build_job
+from .builders.trending import COMPONENT_TRENDING, build_trending_job
 from .conditions import parse_rfc3339
 from .constants import (
     COMPONENT_TRAINING,
@@ -280,7 +281,7 @@ def reconcile(
     )
     jobs = training_jobs(cluster, guide)
     requests = erasure.requests_for(_erasure_requests(cluster, namespace), guide.name)
-    erasing = _erasure_jobs(cluster, guide) if requests else {}
+    erasing = _component_jobs(cluster, guide, COMPONENT_ERASURE) if requests else {}
     busy = next((j.name for j in erasing.values() if j.state == "Active"), None)
     step = runs.advance(status.get("training") or {}, guide, stable, jobs, now, reader, busy)
     status["training"] = step.training
@@ -306,10 +307,16 @@ def reconcile(
             events.append(("Normal", "TrainingSuperseded", f"stopped {superseded}: {why}"))
         except ApiError as exc:
             errors.append(f"Job {superseded}: {exc.message}")
-    rewritten = False
+    refresh, refresh_errors = _refresh_trending(cluster, guide, status, requests, busy, now, reader)
+    events, errors = events + list(refresh.events), errors + refresh_errors
+    rewritten = refresh.rewritten
+    if refresh.start is not None:
+        events.append(("Normal", "TrendingRefreshStarted", f"started {refresh.start}"))
     if requests:
-        erased = _erase(cluster, guide, status, requests, erasing, bool(step.active), now, reader)
-        events, errors, rewritten = events + erased[0], errors + erased[1], erased[2]
+        # One rewriter of versions at a time: an erasure waits for training and a refresh.
+        writing = bool(step.active) or refresh.busy is not None
+        erased = _erase(cluster, guide, status, requests, erasing, writing, now, reader)
+        events, errors, rewritten = events + erased[0], errors + erased[1], rewritten or erased[2]
     if step.finished is not None:
         events += _admit(status, step.finished, guide, stable, now)
     progressed = rollout.progress(status, guide, providers, now)
@@ -401,11 +408,43 @@ def _erasure_requests(cluster: Cluster, namespace: str) -> list[JSON]:
         return []
 
 
-def _erasure_jobs(cluster: Cluster, guide: Guide) -> dict[str, runs.JobView]:
+def _component_jobs(cluster: Cluster, guide: Guide, component: str) -> dict[str, runs.JobView]:
     items = cluster.list(
-        "Job", guide.namespace, {LABEL_GUIDE: guide.name, LABEL_COMPONENT: COMPONENT_ERASURE}
+        "Job", guide.namespace, {LABEL_GUIDE: guide.name, LABEL_COMPONENT: component}
     )
     return {j["metadata"]["name"]: job_view(j) for j in items if owned_by(j, guide.uid)}
+
+
+def _refresh_trending(
+    cluster: Cluster,
+    guide: Guide,
+    status: dict[str, Any],
+    requests: list[erasure.Request],
+    erasing: str | None,
+    now: float,
+    reader: Callable[[runs.JobView], str | None],
+) -> tuple[trending_refresh.RefreshStep, list[str]]:
+    """Judge the trending refresh of status, or start one when due; an erasure running or
+    waiting goes first (a refresh would rewrite the versions it rewrites)."""
+    previous = status.get("trending") or {}
+    every = guide.serving.trending_refresh_every
+    if every is None and not previous:
+        return trending_refresh.RefreshStep(), []
+    pending = next((r.name for r in requests if r.phase not in erasure.DONE), None)
+    busy = erasing or (f"{erasure.KIND} {pending}" if pending else None)
+    served = guide.pinned_version or (status.get("stable") or {}).get("version")
+    jobs = _component_jobs(cluster, guide, COMPONENT_TRENDING)
+    step = trending_refresh.advance(guide.name, previous, every, jobs, served, busy, now, reader)
+    errors: list[str] = []
+    if step.start is not None:
+        error = _create_job(cluster, build_trending_job(guide, step.start), guide, "trending")
+        if error is not None:
+            # Nothing runs: status keeps what it said, and the next pass tries again.
+            errors.append(error)
+            return replace(step, start=None, busy=None, status=dict(previous)), errors
+    if step.status:
+        status["trending"] = step.status
+    return step, errors
 
 
 def _erase(

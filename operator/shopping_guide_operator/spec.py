@@ -18,6 +18,7 @@ from shopping_guide_contracts.merchandising import parse as parse_merchandising
 from shopping_guide_contracts.versions import VersionError, validate_version
 
 from .constants import ANNOTATION_RETRAIN, API_VERSION, KIND
+from .durations import parse_duration
 
 JSON = dict[str, Any]
 
@@ -50,6 +51,8 @@ _MODEL_KEYS = ("algorithm", "pinnedVersion")
 
 # The schema of the document Guide.model_spec_hash hashes: the prefix of every hash it makes.
 SPEC_HASH_SCHEMA = "v2"
+# A refresh reads the whole events file: more often than this costs more than it tells.
+MIN_TRENDING_REFRESH_SECONDS = 300
 
 
 def _number(value: Any) -> Any:
@@ -313,6 +316,9 @@ class Serving:
     merchandising: Merchandising = field(default_factory=Merchandising)
     # spec.serving.trending as given: the trainer's window, baseline and minimum count.
     trending: Mapping[str, Any] | None = None
+    # spec.serving.trending.refreshEvery in seconds: how often trending is refreshed between
+    # trainings (None: only by training).
+    trending_refresh_every: float | None = None
 
     @classmethod
     def parse(cls, serving: Mapping[str, Any]) -> Serving:
@@ -364,7 +370,21 @@ class Serving:
             ),
             merchandising=merchandising,
             trending=dict(_obj(serving, "trending")) if serving.get("trending") else None,
+            trending_refresh_every=_refresh_every(serving),
         )
+
+
+def _refresh_every(serving: Mapping[str, Any]) -> float | None:
+    every = (serving.get("trending") or {}).get("refreshEvery")
+    if every is None:
+        return None
+    try:
+        seconds = parse_duration(every)
+    except ValueError as exc:
+        raise SpecError(f"serving.trending.refreshEvery: {exc}") from exc
+    if seconds < MIN_TRENDING_REFRESH_SECONDS:
+        raise SpecError("serving.trending.refreshEvery must be at least 5m")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -397,6 +417,12 @@ class Guide:
         if not isinstance(image, str) or not image:
             raise SpecError("spec.image is required")
         store = _obj(spec, "modelStore")
+        data, serving = Data.parse(_obj(spec, "data")), Serving.parse(_obj(spec, "serving"))
+        if serving.trending_refresh_every is not None and not data.columns.get("time"):
+            raise SpecError(
+                "serving.trending.refreshEvery needs data.interactions.columns.time, "
+                "the column trending is computed from"
+            )
         return cls(
             name=str(meta.get("name", "")),
             namespace=str(meta.get("namespace", "")),
@@ -405,11 +431,11 @@ class Guide:
             image=image,
             image_pull_policy=str(spec.get("imagePullPolicy", "IfNotPresent")),
             image_pull_secrets=tuple(s["name"] for s in spec.get("imagePullSecrets") or ()),
-            data=Data.parse(_obj(spec, "data")),
+            data=data,
             model_store=ModelStoreSpec.parse(store),
             model=Model.parse(_obj(spec, "model")),
             training=Training.parse(_obj(spec, "training")),
-            serving=Serving.parse(_obj(spec, "serving")),
+            serving=serving,
             rollout=dict(spec["rollout"]) if spec.get("rollout") else None,
             retrain_token=str(_obj(meta, "annotations").get(ANNOTATION_RETRAIN, "")),
             pinned_version=_pinned(_obj(spec, "model")),

@@ -62,6 +62,14 @@ def _set(path: str, value: Any) -> Mutation:
     return mutate
 
 
+def _all(*mutations: Mutation) -> Mutation:
+    def mutate(body: dict[str, Any]) -> None:
+        for mutation in mutations:
+            mutation(body)
+
+    return mutate
+
+
 # (what is wrong, how, a piece of the message the user must see)
 S3_STORE: dict[str, Any] = {
     "bucket": "shop-models",
@@ -544,6 +552,21 @@ INVALID: list[tuple[str, Mutation, str]] = [
         "spec.serving.rules[0].match.attributes.colour",
     ),
     (
+        "a trending refresh without a time column",
+        _set("spec.serving.trending", {"refreshEvery": "1h"}),
+        "serving.trending.refreshEvery needs data.interactions.columns.time",
+    ),
+    (
+        "a trending refresh every minute",
+        _set("spec.serving.trending", {"refreshEvery": "1m"}),
+        "serving.trending.refreshEvery must be at least 5m",
+    ),
+    (
+        "a trending refresh period without a unit",
+        _set("spec.serving.trending", {"refreshEvery": "90"}),
+        "spec.serving.trending.refreshEvery",
+    ),
+    (
         "a promotion without its share",
         _set("spec.serving.rules", [{"type": "promote", "match": {"categories": ["mugs"]}}]),
         "a promote rule needs share",
@@ -689,6 +712,13 @@ VALID_VARIANTS: list[tuple[str, Mutation]] = [
                 "exploration": {"share": 0.1},
                 "trending": {"windowHours": 48, "minCount": 5},
             },
+        ),
+    ),
+    (
+        "a trending refresh every 30 minutes, from the time column",
+        _all(
+            _set("spec.data.interactions.columns", {"event": "event", "time": "ts"}),
+            _set("spec.serving.trending", {"refreshEvery": "30m"}),
         ),
     ),
     (

@@ -85,6 +85,8 @@ def product(kube: Kube) -> Iterator[Product]:
                     "limits": {"memory": "1Gi"},
                 },
                 "podDisruptionBudget": {"maxUnavailable": 1},
+                # The first refresh starts once the model serves; the next not within the test.
+                "trending": {"refreshEvery": "6h"},
             },
         )
     )
@@ -142,6 +144,41 @@ def test_recommendations_through_the_service_by_cluster_ip_from_the_host(product
     body = get_json(f"{product.service_url(GUIDE)}/v1/recommendations?user_id={CUSTOMER}&k=5")
     assert len(body["items"]) == 5
     assert body["model_version"] == product.status(GUIDE)["stable"]["version"]
+
+
+def test_trending_is_refreshed_in_a_job_and_the_pods_serve_the_rewritten_version(
+    product: Product,
+) -> None:
+    before = get_json(f"{product.service_url(GUIDE)}/v1/trending?k=5")
+    assert len(before["items"]) == 5, before  # trained from InvoiceDate
+
+    def refreshed() -> dict[str, Any] | None:
+        status = product.status(GUIDE)
+        phase = (status.get("trending") or {}).get("phase")
+        if phase == "Failed":
+            raise StepError(f"the trending refresh failed: {status['trending']}")
+        return status if phase == "Succeeded" else None
+
+    status = wait_until(refreshed, 300, "the first trending refresh", interval=2)
+    assert status["trending"]["versions"] == [status["stable"]["version"]]
+    assert status["routing"]["modelsRevision"] >= 1
+    (pod,) = product.cluster.items(
+        "pods", product.namespace, f"batch.kubernetes.io/job-name={status['trending']['job']}"
+    )
+    assert pod["spec"]["nodeName"] == NODE
+    assert pod["spec"]["containers"][0]["image"] == RECOMMENDER_IMAGE
+
+    # Every pod loads the rewritten version (its checksums are new) and keeps serving; the
+    # events did not change, so neither does the list.
+    def reloaded() -> dict[str, Any] | None:
+        pods = product.serving_pods(GUIDE)
+        if not pods or not all(ready(p) for p in pods):
+            return None
+        return get_json(f"{product.service_url(GUIDE)}/v1/trending?k=5")
+
+    after = wait_until(reloaded, 120, "the serving pods Ready on the rewritten version")
+    assert [i["item_id"] for i in after["items"]] == [i["item_id"] for i in before["items"]]
+    assert after["model_version"] == status["stable"]["version"]
 
 
 def test_recommendations_by_dns_name_from_another_pod(product: Product) -> None:

@@ -72,6 +72,16 @@ def protected_versions(guide: Guide, status: Mapping[str, Any] | None) -> list[s
     return sorted({v for v in found if isinstance(v, str) and v})
 
 
+def trending_args(guide: Guide) -> list[str]:
+    """spec.serving.trending as the trainer's flags (its defaults where a field is absent)."""
+    args: list[str] = []
+    for key, flag in (("windowHours", "window-hours"), ("baselineHours", "baseline-hours"),
+                      ("minCount", "min-count")):  # fmt: skip
+        if guide.serving.trending and key in guide.serving.trending:
+            args += [f"--trending-{flag}", _number(guide.serving.trending[key])]
+    return args
+
+
 def trainer_args(guide: Guide, champion: str | None, protect: Iterable[str] = ()) -> list[str]:
     data, training = guide.data, guide.training
     args = ["train", *store.events(guide).args]
@@ -97,10 +107,7 @@ def trainer_args(guide: Guide, champion: str | None, protect: Iterable[str] = ()
         ]
         args += ["--catalog-from-events", ",".join(columns)]
         args += ["--content-weight", _number((data.catalog or {}).get("contentWeight", 0.3))]
-    for key, flag in (("windowHours", "window-hours"), ("baselineHours", "baseline-hours"),
-                      ("minCount", "min-count")):  # fmt: skip
-        if guide.serving.trending and key in guide.serving.trending:
-            args += [f"--trending-{flag}", _number(guide.serving.trending[key])]
+    args += trending_args(guide)
     args += [*store.model_store(guide, writes=True).args, "--algorithm", guide.model.algorithm]
     for name, value in sorted(guide.model.params.items()):
         args += ["--param", f"{name}={_number(value)}"]
