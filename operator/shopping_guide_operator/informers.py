@@ -38,6 +38,7 @@ from urllib.parse import urlencode
 from kubernetes import client
 
 from .builders.erasure import COMPONENT_ERASURE
+from .builders.trending import COMPONENT_TRENDING
 from .constants import (
     COMPONENT_TRAINING,
     FIELD_MANAGER,
@@ -66,8 +67,9 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 OURS = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 
 # kind -> the server-side label selector of its watch (None: every object, the guides).
-# Only the training pods: reconcile reads a Job's pods for the trainer's termination message
-# (by their job-name label, answered from memory); the serving pods are the Deployment's.
+# Only the pods of our Jobs (training, erasure, trending): reconcile reads a Job's pods for its
+# termination message (by their job-name label, answered from memory); the serving pods are
+# the Deployment's.
 WATCHED: dict[str, str | None] = {
     "ShoppingGuide": None,
     # Requests people create: they carry no label of ours.
@@ -77,7 +79,8 @@ WATCHED: dict[str, str | None] = {
     "Deployment": OURS,
     "CronJob": OURS,
     "Job": OURS,
-    "Pod": f"{OURS},{LABEL_COMPONENT} in ({COMPONENT_TRAINING},{COMPONENT_ERASURE})",
+    "Pod": f"{OURS},{LABEL_COMPONENT} in "
+    f"({COMPONENT_TRAINING},{COMPONENT_ERASURE},{COMPONENT_TRENDING})",
     # The attribution key: ours only, so no other Secret's data reaches the operator.
     "Secret": OURS,
     "HorizontalPodAutoscaler": OURS,

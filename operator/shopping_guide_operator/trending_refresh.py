@@ -59,6 +59,12 @@ def advance(
     events: list[Event] = []
     rewritten = False
     running = status.get("job") if status.get("phase") == RUNNING else None
+    if running is None:
+        # Created by a pass whose status write was lost: that Job is the refresh, not a second.
+        running = next((j.name for j in jobs.values() if j.state == "Active"), None)
+        if running is not None:
+            status.update({"phase": RUNNING, "job": running, "message": "refreshing"})
+            return RefreshStep(status=status, busy=running)
     if running is not None:
         job = jobs.get(str(running))
         if job is not None and job.state == "Active":

@@ -239,7 +239,7 @@ def test_job_pods_are_listed_by_job_name_from_memory(cache: Offline) -> None:
     assert sorted(p["metadata"]["name"] for p in pods) == ["p0", "p1"]
     assert parse_selector(WATCHED["Pod"]) == {
         "app.kubernetes.io/managed-by": frozenset({"shopping-guide-operator"}),
-        "app.kubernetes.io/component": frozenset({"training", "erasure"}),
+        "app.kubernetes.io/component": frozenset({"training", "erasure", "trending"}),
     }
 
 

@@ -89,6 +89,15 @@ def test_a_failed_refresh_is_a_warning_and_rewrites_nothing(
     assert advance("g", step.status, HOUR, seen, "v1", None, T0 + HOUR, never).start is not None
 
 
+def test_a_running_job_that_status_lost_is_adopted_not_doubled() -> None:
+    name = job_name("g", T0)
+    active = {name: JobView(name, "", "Active", T0)}
+    done = {"phase": "Succeeded", "startedAt": "2020-01-01T00:00:00Z"}
+    step = advance("g", done, HOUR, active, "v1", None, T0 + 9 * HOUR, never)
+    assert step.start is None and step.busy == name
+    assert step.status["phase"] == "Running" and step.status["job"] == name
+
+
 def test_a_refresh_waits_while_an_erasure_rewrites_the_store() -> None:
     step = advance("g", {}, HOUR, {}, "v1", "storefront-erase-1", T0, never)
     assert step.start is None and step.busy is None and step.status == {}
