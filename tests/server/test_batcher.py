@@ -265,7 +265,9 @@ def test_over_the_queue_bound_a_request_gets_503_and_retry_after(
     flags = ("--max-queued", "1000", "--scoring-threads", "1", "--workers", "1")
     with _serve(big_store, tmp_path, *flags) as server:
         thread, result = _in_background(server, LARGEST)
-        time.sleep(0.5)
+        # Not a guess at how long reading the request takes on a busy machine: the server's
+        # own gauge says when its 1,000 users are admitted.
+        server.wait_for(lambda: server.metric("shopping_guide_scoring_queued_users") >= 1000)
         req = http.client.HTTPConnection(server.url.split("//")[1], timeout=30)
         req.request("GET", "/v1/recommendations?user_id=u1&k=5")
         response = req.getresponse()

@@ -644,8 +644,8 @@ def build_app(
     app[METRICS] = metrics or ServerMetrics()
     app[ATTRIBUTOR] = attributor or Attributor.ephemeral()
     app[STATE] = {"workers_loading": workers_loading}
-    app[SCORING] = Scoring(scoring)
     server_metrics = app[METRICS]
+    app[SCORING] = Scoring(scoring, server_metrics.queued_users)
     registry.subscribe(lambda snapshot: _publish(server_metrics, snapshot))
     app.router.add_get("/v1/recommendations", recommendations_get)
     app.router.add_post("/v1/recommendations", recommendations_post)

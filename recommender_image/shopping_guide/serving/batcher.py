@@ -27,9 +27,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .scorer import Query, Ranked, ServingModel
+
+if TYPE_CHECKING:
+    from prometheus_client import Gauge
 
 T = TypeVar("T")
 
@@ -111,8 +114,11 @@ class Scoring:
     lock.
     """
 
-    def __init__(self, config: ScoringConfig | None = None) -> None:
+    def __init__(
+        self, config: ScoringConfig | None = None, queued_gauge: Gauge | None = None
+    ) -> None:
         self.config = config or ScoringConfig()
+        self._gauge = queued_gauge
         self._executor = ThreadPoolExecutor(
             self.config.threads, thread_name_prefix="scoring", initializer=_one_thread_each
         )
@@ -146,7 +152,12 @@ class Scoring:
                 f"{self.queued} users are waiting to be scored (at most "
                 f"{self.config.max_queued}); retry in {OverloadedError.retry_after_seconds} s"
             )
-        self.queued += weight
+        self._count(weight)
+
+    def _count(self, change: int) -> None:
+        self.queued += change
+        if self._gauge is not None:
+            self._gauge.set(self.queued)
 
     async def run(self, fn: Callable[..., T], *args: Any, weight: int = 1) -> T:
         """`fn(*args)` on a scoring thread; `weight` is the number of users it scores (0: work
@@ -162,7 +173,7 @@ class Scoring:
         try:
             yield
         finally:
-            self.queued -= weight
+            self._count(-weight)
 
     async def recommend(self, model: ServingModel, query: Query) -> Ranked:
         if not self.config.batching:
@@ -175,7 +186,7 @@ class Scoring:
             self._schedule(loop)
             return await waiting.future
         finally:
-            self.queued -= 1
+            self._count(-1)
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._batches >= self.config.threads:

@@ -221,6 +221,12 @@ class ServerMetrics:
             "shopping_guide_routing_generation_read", "Routing generation read", registry=r,
             multiprocess_mode="livemin",
         )  # fmt: skip
+        # The pod's queue: every worker's admitted users summed, the load a scaler would read.
+        self.queued_users = Gauge(
+            "shopping_guide_scoring_queued_users",
+            "Users admitted for scoring and not answered yet (queued or being scored)",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
         self.canary_weight = Gauge(
             "shopping_guide_canary_weight_basis_points", "Canary weight in effect", registry=r,
             multiprocess_mode="livemin",
