@@ -128,6 +128,13 @@ class Server:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def wait_generation(self, generation: int, timeout: float = 30.0) -> None:
+        """Until every worker process has the routing of `generation` in effect (the gauge is
+        their minimum): the next requests may go to any of them."""
+        self.wait_for(
+            lambda: self.metric("shopping_guide_routing_generation") >= generation, timeout
+        )
+
     def wait_for(self, check: Any, timeout: float = 30.0) -> Any:
         deadline = time.monotonic() + timeout
         while True:

@@ -144,9 +144,7 @@ def test_rules_in_the_routing_apply_without_a_restart(shop_server: Server) -> No
         {**base, "generation": 2, "merchandising": {"rules": rules, "exploration": {"share": 0.2}}}
     )
 
-    # In effect in every worker process (the gauge is their minimum), not only in the one
-    # that answers next: the requests below may go to any of them.
-    shop_server.wait_for(lambda: shop_server.metric("shopping_guide_routing_generation") >= 2)
+    shop_server.wait_generation(2)
     body = shop_server.get("/v1/recommendations?user_id=M2&k=5")[1]
     items = body["items"]
     assert items[0]["reason"] == "pinned"
