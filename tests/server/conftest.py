@@ -135,6 +135,13 @@ class Server:
             lambda: self.metric("shopping_guide_routing_generation") >= generation, timeout
         )
 
+    def wait_read(self, generation: int, timeout: float = 30.0) -> None:
+        """Until every worker process has read the routing of `generation`, whether or not
+        its versions loaded (a canary that fails to load holds the generation back)."""
+        self.wait_for(
+            lambda: self.metric("shopping_guide_routing_generation_read") >= generation, timeout
+        )
+
     def wait_for(self, check: Any, timeout: float = 30.0) -> Any:
         deadline = time.monotonic() + timeout
         while True:

@@ -187,7 +187,8 @@ def test_a_corrupt_canary_is_not_served(server: Server) -> None:
         {"stable": models.als, "canary": broken, "canaryWeightBasisPoints": 10000,
          "salt": "s1", "generation": 3}
     )  # fmt: skip
-    server.wait_for(lambda: server.metric("shopping_guide_canary_load_failed") == 1)
+    server.wait_read(3)
+    assert server.metric("shopping_guide_canary_load_failed") == 1
     _, ready = server.get("/readyz")
     assert ready["canary"]["serving"] is False and "sha256" in ready["canary"]["error"]
     for n in range(10):

@@ -172,3 +172,46 @@ def test_sigterm_drains_every_worker_and_loses_no_request(models: Models, tmp_pa
     assert not failed, failed[:5]
     assert outcomes.count("ok") > 50 and "refused" in outcomes
     assert set(readiness) == {503}
+
+
+async def _reconnecting(port: int, until: float, outcomes: list[str]) -> None:
+    """A new connection for every request, as clients do while every answer closes theirs."""
+    while time.monotonic() < until:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            outcomes.append("refused")  # nothing was sent: the client goes elsewhere
+            await asyncio.sleep(0.01)
+            continue
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            answer = await reader.read()
+        except OSError:
+            answer = b""
+        writer.close()
+        outcomes.append("ok" if answer.startswith(b"HTTP/1.1 200") else "lost")
+
+
+def test_connections_the_kernel_completed_as_the_listeners_close_are_answered(
+    models: Models, tmp_path: Path
+) -> None:
+    """Closing a listener resets the connections queued on it, whose clients have sent their
+    request: without the drop filter this lost 9 to 26 requests per stop."""
+    with running_server(
+        models.store, models.als, tmp_path, "--workers", str(WORKERS), "--drain-seconds", "0.5"
+    ) as server:
+        server.wait_for(lambda: len(_workers(server)) == WORKERS)
+        port = int(server.url.rsplit(":", 1)[1])
+        outcomes: list[str] = []
+
+        async def stop_under_load() -> None:
+            until = time.monotonic() + 2.5
+            clients = [asyncio.create_task(_reconnecting(port, until, outcomes)) for _ in range(32)]
+            await asyncio.sleep(0.5)
+            server.process.send_signal(signal.SIGTERM)
+            await asyncio.gather(*clients)
+
+        asyncio.run(stop_under_load())
+        assert server.process.wait(timeout=30) == 0
+    assert outcomes.count("lost") == 0, f"{outcomes.count('lost')} of {len(outcomes)} lost"
+    assert outcomes.count("ok") > 100 and "refused" in outcomes
