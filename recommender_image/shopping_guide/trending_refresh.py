@@ -1,11 +1,12 @@
 """Trending now from fresher events, without a retrain.
 
 Trending moves by the hour; a model is retrained daily or weekly. `shopping-guide
-refresh-trending` reads the newest events (only the item and time columns), computes trending
-for each version named, against that version's own items, and rewrites the version in place
-with the new `trending_*` arrays (`store.replace`: a reader sees the old version or the new
-one, never a mix). Everything else in the version is left as it was, and its manifest records
-the refresh. Users who asked to be forgotten are left out of the counts, as in training.
+refresh-trending` reads the newest events (only the item, time and user columns: the user to
+leave forgotten shoppers out), computes trending for each version named, against that
+version's own items, and rewrites the version in place with the new `trending_*` arrays
+(`store.replace`: a reader sees the old version or the new one, never a mix). Everything else
+in the version is left as it was, and its manifest records the refresh. Users who asked to be
+forgotten are left out of the counts, as in training.
 Serving pods load a rewritten version when the routing's `modelsRevision` rises.
 """
 
