@@ -137,6 +137,21 @@ def download(
         raise ArtifactError(f"{where} does not match its sha256 (corrupt)")
 
 
+def _same_content(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Two manifest entries of one file name that name the same bytes."""
+    same = a.get("sha256") == b.get("sha256") and a.get("bytes") == b.get("bytes")
+    return same and bool(a.get("sha256"))
+
+
+def _local_files(version_dir: Path) -> dict[str, Any]:
+    """The manifest entries of a local copy of a version ({} without a readable one)."""
+    try:
+        files = json.loads((version_dir / MANIFEST).read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return files if isinstance(files, dict) else {}
+
+
 def _upload(fs: pafs.FileSystem, source: Path, target: str) -> None:
     with source.open("rb") as handle, fs.open_output_stream(target) as out:
         while chunk := handle.read(_CHUNK):
@@ -206,14 +221,22 @@ class ObjectModelStore:
 
     def fetch(self, version: str, directory: Path, manifest_text: str | None = None) -> Path:
         """Download a version into `directory/<version>`, every file checked against the
-        manifest on the way; returns that path. Assembled beside it and renamed into place."""
+        manifest on the way; returns that path. Assembled beside it and renamed into place.
+        A file the copy already there holds unchanged (a version rewritten in place) is linked
+        from it, not downloaded; loading checks its sha256 as for any file."""
         text = manifest_text if manifest_text is not None else self.manifest_text(version)
         manifest = parse_manifest(text, f"{self.location(version)}/{MANIFEST}")
         directory.mkdir(parents=True, exist_ok=True)
+        present = _local_files(directory / version)
         incoming = Path(tempfile.mkdtemp(prefix=f"{INCOMING}{version}-", dir=directory))
         try:
             for filename, expected in manifest.get("files", {}).items():
                 local = incoming / Path(filename).name
+                held = present.get(filename)
+                if held is not None and _same_content(held, expected):
+                    with contextlib.suppress(OSError):
+                        os.link(directory / version / Path(filename).name, local)
+                        continue
                 key = f"{self.home}/{version}/{expected.get('key', filename)}"
                 try:
                     download(self.fs, key, local, expected)
@@ -240,14 +263,26 @@ class ObjectModelStore:
         loaded.path = Path(self.location(version))
         return loaded
 
-    def _publish(self, staged: Path, version: str, subdir: str = "") -> dict[str, Any]:
-        """Upload a staged version's files, then its manifest (with the keys used) last."""
+    def _publish(
+        self,
+        staged: Path,
+        version: str,
+        subdir: str = "",
+        uploaded: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Upload a staged version's files, then its manifest (with the keys used) last. A
+        file the same as one of `uploaded` (the version's current manifest entries: same
+        sha256 and size) keeps that object's key and is not uploaded again."""
         manifest: dict[str, Any] = json.loads((staged / MANIFEST).read_text())
         base = f"{self.home}/{version}"
         for filename, entry in manifest["files"].items():
-            key = f"{subdir}/{filename}" if subdir else filename
-            _upload(self.fs, staged / filename, f"{base}/{key}")
-            if subdir:
+            current = (uploaded or {}).get(filename)
+            if current is not None and _same_content(current, entry):
+                key = current.get("key", filename)
+            else:
+                key = f"{subdir}/{filename}" if subdir else filename
+                _upload(self.fs, staged / filename, f"{base}/{key}")
+            if key != filename:
                 entry["key"] = key
         with self.fs.open_output_stream(f"{base}/{MANIFEST}") as out:
             out.write(json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
@@ -280,14 +315,17 @@ class ObjectModelStore:
         meta: Mapping[str, Any],
         extras: Mapping[str, npt.NDArray[Any]] | None = None,
     ) -> None:
-        """Rewrite a version in place: new files under new keys, the manifest swapped in one
-        PUT, then the old files deleted."""
+        """Rewrite a version in place: changed files under new keys, the manifest swapped in
+        one PUT, then the files it no longer names deleted. Unchanged files keep their
+        objects: a trending refresh uploads its few kilobytes, not the whole model."""
         old = self.manifest(version)
         with tempfile.TemporaryDirectory(prefix="shopping-guide-") as scratch:
             _, staged = ModelStore(Path(scratch), self.guide).write(
                 model, user_ids, item_ids, meta, version, extras
             )
-            new = self._publish(staged, version, subdir=f"rev-{secrets.token_hex(6)}")
+            new = self._publish(
+                staged, version, f"rev-{secrets.token_hex(6)}", old.get("files", {})
+            )
         kept = {entry.get("key", name) for name, entry in new["files"].items()}
         for name, entry in old.get("files", {}).items():
             key = entry.get("key", name)

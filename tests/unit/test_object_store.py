@@ -144,7 +144,15 @@ def test_forgetting_a_user_rewrites_under_new_keys_and_removes_the_old(
     assert changed == [version]
     after = store.manifest(version)
     assert after["created_at"] == before["created_at"]
-    assert all(entry["key"].startswith("rev-") for entry in after["files"].values())
+    # What changed is uploaded under new keys; what did not keeps its object.
+    rewritten = {
+        n for n, e in after["files"].items() if e["sha256"] != before["files"][n]["sha256"]
+    }
+    assert {"user_factors.npy", "user_ids.npy"} <= rewritten
+    assert "item_factors.npy" not in rewritten
+    for name, entry in after["files"].items():
+        key = entry.get("key", name)
+        assert key.startswith("rev-") if name in rewritten else key == name
     loaded = store.load(version)
     assert user not in set(loaded.user_ids) and len(loaded.user_ids) == len(data.user_ids) - 1
     # The files of the old manifest are gone; only the new ones and the manifest remain.
@@ -154,7 +162,7 @@ def test_forgetting_a_user_rewrites_under_new_keys_and_removes_the_old(
         for info in store.fs.get_file_info(selector)
         if info.type == pafs.FileType.File
     }
-    assert files == {"manifest.json", *(e["key"] for e in after["files"].values())}
+    assert files == {"manifest.json", *(e.get("key", n) for n, e in after["files"].items())}
     assert forgotten_user_hashes(store) == {user_sha256(user)}
 
 
@@ -212,8 +220,13 @@ def test_a_rewritten_version_is_downloaded_again(
     version = write(store, model, data)
     cache = ModelCache(store, tmp_path / "cache")
     assert len(cache.load(version).user_ids) == len(data.user_ids)
+    cached = tmp_path / "cache" / version
+    inodes = {p.name: p.stat().st_ino for p in cached.glob("*.npy")}
     forget_users_by_hash(store_at(s3_server, s3_store, None), {user_sha256(str(data.user_ids[0]))})
     assert len(cache.load(version).user_ids) == len(data.user_ids) - 1
+    # The files that did not change are linked from the copy already cached, not downloaded.
+    assert (cached / "item_factors.npy").stat().st_ino == inodes["item_factors.npy"]
+    assert (cached / "user_factors.npy").stat().st_ino != inodes["user_factors.npy"]
 
 
 def test_a_claim_and_a_bucket_are_told_apart(tmp_path: Path) -> None:

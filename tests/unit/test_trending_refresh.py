@@ -133,7 +133,9 @@ def test_a_version_in_a_bucket_is_refreshed_in_place(
     capsys.readouterr()
     assert _trending_ids(s3_store, version, s3)[0] == "b3"
     after = open_store(s3_store, "shop/guide", s3).manifest(version)
-    # Only the trending arrays have new contents (all files went up again, under new keys).
+    # Only the trending arrays have new contents, and only they were uploaded (new keys).
     digest = {n: f["sha256"] for n, f in before["files"].items()}
     changed = {n for n, f in after["files"].items() if f["sha256"] != digest.get(n)}
     assert changed and all(n.startswith("trending_") for n in changed), changed
+    uploaded = {n for n, f in after["files"].items() if f.get("key", n) != n}
+    assert uploaded == changed
