@@ -142,6 +142,10 @@ def show_status(guide: dict[str, Any], out: TextIO) -> None:
     out.write(f"Stable:   {stable}" + (f" (serving pinned {pin})" if pin else "") + "\n")
     if served and served != stable and not pin:
         out.write(f"Serving:  {served}\n")
+    trending = status.get("trending")
+    if trending:
+        at = trending.get("completedAt") or trending.get("startedAt") or "-"
+        out.write(f"Trending: {trending.get('phase', '-')} {at}  {trending.get('message', '')}\n")
     canary = status.get("canary")
     if not canary:
         out.write("Canary:   -\n")

@@ -195,3 +195,14 @@ def test_forget_for_a_guide_that_does_not_exist_fails(capsys: pytest.CaptureFixt
     assert plugin.main(["forget", "nope", "12748"], guides) == 1
     assert guides.erasures == []
     assert "not found" in capsys.readouterr().err
+
+
+def test_status_shows_the_last_trending_refresh(capsys: pytest.CaptureFixture[str]) -> None:
+    trending = {"phase": "Succeeded", "completedAt": "2027-01-15T09:00:00Z",
+                "message": "trending refreshed in 1 versions (v1)"}  # fmt: skip
+    guide = {**GUIDE, "status": {**GUIDE["status"], "trending": trending}}
+    assert plugin.main(["-n", "shop", "status", "storefront"], FakeGuides(guide)) == 0
+    out = capsys.readouterr().out
+    assert "Trending: Succeeded 2027-01-15T09:00:00Z  trending refreshed in 1 versions (v1)" in out
+    plugin.main(["-n", "shop", "status", "storefront"], FakeGuides(GUIDE))
+    assert "Trending:" not in capsys.readouterr().out
