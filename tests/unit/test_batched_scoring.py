@@ -15,7 +15,7 @@ from shopping_guide.ann import EF_SEARCH
 from shopping_guide.artifacts import LoadedModel
 from shopping_guide.catalog import Catalog
 from shopping_guide.model import Model
-from shopping_guide.serving.scorer import Filters, Query, Ranked, ServingModel
+from shopping_guide.serving.scorer import Filters, Query, Ranked, ServingModel, _top
 
 N_USERS, N_ITEMS, FACTORS = 300, 600, 16
 
@@ -261,3 +261,15 @@ def test_hybrid_models_score_alone_inside_a_batch(als: ServingModel) -> None:
         dense = model.score(np.array([user]), served.history[user])[0]
         dense[served.history[user].indices] = -np.inf
         assert together.item_ids[0] == f"i{int(np.argmax(dense))}"
+
+
+def test_equal_scores_rank_in_item_order_on_every_cpu() -> None:
+    """numpy's selection leaves ties in an order its SIMD kernels choose, which differs from
+    one CPU to another: a model must answer the same on every node."""
+    rng = np.random.default_rng(5)
+    scores = rng.integers(0, 4, 5_000).astype(np.float32)  # counts: thousands of ties
+    scores[rng.integers(0, 5_000, 50)] = -np.inf
+    for k in (1, 10, 100, 1_300):
+        top = _top(scores, k)
+        expected = np.argsort(-scores, kind="stable")[:k]
+        assert top.tolist() == expected.tolist(), k

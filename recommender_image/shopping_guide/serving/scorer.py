@@ -169,14 +169,24 @@ class _Shared:
 
 
 def _top(scores: FloatArray, k: int) -> IntArray:
-    """Indices of the k best finite scores, best first."""
+    """Indices of the k best finite scores, best first; equal scores in item order.
+
+    Popularity counts tie often. numpy's selection leaves equal values in an order that
+    depends on the CPU it runs on (its SIMD kernels), so ties are broken here by index: the
+    same model answers the same on every node."""
     finite = np.isfinite(scores)
     k = min(k, int(finite.sum()))
     if k <= 0:
         return np.empty(0, dtype=np.int64)
-    part = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    if k < len(scores):
+        threshold = scores[np.argpartition(-scores, k - 1)[k - 1]]
+        above = np.flatnonzero(scores > threshold)
+        part = np.concatenate([above, np.flatnonzero(scores == threshold)[: k - len(above)]])
+    else:
+        part = np.arange(len(scores))
     order = part[np.argsort(-scores[part], kind="stable")]
-    return order[np.isfinite(scores[order])][:k].astype(np.int64)
+    top: IntArray = order[np.isfinite(scores[order])][:k].astype(np.int64)
+    return top
 
 
 class ServingModel:
