@@ -37,11 +37,25 @@ def _run(*args: str) -> str:
     return done.stdout
 
 
+_EMPTY_TABLE_LINE = re.compile(r"^(\*\w+|COMMIT|:[A-Z]+ ACCEPT\s*)$")
+
+
 def _rules(tool: str) -> str:
     # Counters change all the time; the rules themselves must come back exactly.
-    return re.sub(r"\[\d+:\d+\]", "", "\n".join(
+    text = re.sub(r"\[\d+:\d+\]", "", "\n".join(
         line for line in _run(tool).splitlines() if not line.startswith("#")
     ))  # fmt: skip
+    # A table with no rule and every built-in chain accepting filters nothing: the same as no
+    # table. The kernel creates one at the first listing and never takes it away again, so on
+    # a fresh host it appears between `up` and `down`.
+    tables, table = [], []
+    for line in text.splitlines():
+        table.append(line)
+        if line == "COMMIT":
+            tables.append(table)
+            table = []
+    kept = [t for t in tables if not all(_EMPTY_TABLE_LINE.match(line) for line in t)]
+    return "\n".join(line for t in [*kept, table] for line in t)
 
 
 def _processes() -> str:
