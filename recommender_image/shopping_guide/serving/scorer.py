@@ -189,6 +189,9 @@ def _top(scores: FloatArray, k: int) -> IntArray:
     return top
 
 
+FEW_ROWS = 4  # from this many rows, one matrix product scores them faster than one each
+
+
 class ServingModel:
     """A verified artifact with id maps, popularity order and optional ANN index."""
 
@@ -224,6 +227,15 @@ class ServingModel:
                 raise ArtifactError(f"{self.version}: the ANN index does not match the items")
         elif factors is not None and ann_min_items is not None and len(factors) >= ann_min_items:
             self.ann = AnnIndex.build(factors)
+        # The item factors as exact scoring reads them, item-minor: the top-k computes
+        # queries x items.T, and with items.T contiguous BLAS streams it without first packing
+        # a copy of the whole matrix, which for a few queries costs more than the product
+        # (0.9 vs 1.6 ms for one user, 2.6 vs 3.2 for four, at 100k items x 64 factors). A
+        # private copy of each worker (26 MB at 100k items); with an ANN index exact scoring
+        # over every item is rare (folded-in shoppers) and reads the shared mapped pages.
+        self._scoring_items: FloatArray | None = None
+        if factors is not None and self.ann is None:
+            self._scoring_items = np.asfortranarray(factors)
         self.smoke_test()
         self.load_seconds = time.perf_counter() - started
 
@@ -473,10 +485,15 @@ class ServingModel:
         items: FloatArray | None = None,
     ) -> list[tuple[IntArray, FloatArray]]:
         """Exact top-k for each row of `vectors` over `items` (default: all the item factors),
-        in one native top-k per distinct k."""
+        in one native top-k per distinct k, or per row where fewer than FEW_ROWS share a k:
+        BLAS multiplies one row without packing the item matrix, and two or three rows at
+        about the price of four (2.5 vs 3.5 ms for two rows at 100k items)."""
         from implicit.cpu.topk import topk
 
-        items = self.model.item_factors if items is None else items
+        if items is None:
+            items = self._scoring_items
+            if items is None:
+                items = self.model.item_factors
         assert items is not None
         out: list[tuple[IntArray, FloatArray]] = [(np.empty(0, np.int64), np.empty(0, np.float32))]
         out *= len(ks)
@@ -484,7 +501,13 @@ class ServingModel:
         for row, k in enumerate(ks):
             by_k.setdefault(k, []).append(row)
         floor = np.finfo(np.float32).min / 2
-        for k, rows in by_k.items():
+        groups = [
+            part
+            for rows in by_k.values()
+            for part in ([rows] if len(rows) >= FEW_ROWS else [[row] for row in rows])
+        ]
+        for rows in groups:
+            k = ks[rows[0]]
             filtered = [blocked[r] for r in rows]
             ids, scores = topk(
                 items,
