@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .scorer import Query, Ranked, ServingModel
 
 if TYPE_CHECKING:
-    from prometheus_client import Gauge
+    from prometheus_client import Gauge, Histogram
 
 T = TypeVar("T")
 
@@ -115,10 +115,14 @@ class Scoring:
     """
 
     def __init__(
-        self, config: ScoringConfig | None = None, queued_gauge: Gauge | None = None
+        self,
+        config: ScoringConfig | None = None,
+        queued_gauge: Gauge | None = None,
+        batch_histogram: Histogram | None = None,
     ) -> None:
         self.config = config or ScoringConfig()
         self._gauge = queued_gauge
+        self._batch_histogram = batch_histogram
         self._executor = ThreadPoolExecutor(
             self.config.threads, thread_name_prefix="scoring", initializer=_one_thread_each
         )
@@ -208,6 +212,8 @@ class Scoring:
         while self._waiting and self._batches < self.config.threads:
             batch, self._waiting = self._waiting[:size], self._waiting[size:]
             self._batches += 1
+            if self._batch_histogram is not None:
+                self._batch_histogram.observe(len(batch))
             future = loop.run_in_executor(self._executor, _score, batch)
             future.add_done_callback(functools.partial(self._done, loop, batch))
 

@@ -227,6 +227,12 @@ class ServerMetrics:
             "Users admitted for scoring and not answered yet (queued or being scored)",
             registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
+        # How much batching there is: a pod answering many users one pass at a time pays a
+        # pass over the whole item matrix for each.
+        self.batch_users = Histogram(
+            "shopping_guide_scoring_batch_users", "Users scored together in one micro-batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r,
+        )  # fmt: skip
         self.canary_weight = Gauge(
             "shopping_guide_canary_weight_basis_points", "Canary weight in effect", registry=r,
             multiprocess_mode="livemin",
