@@ -19,13 +19,16 @@ it sustains (wrk, closed loop, random known users, CONNECTIONS connections), wit
 its workers' event loops and scoring threads spent per request; then latency under open-loop
 Poisson load (benchmarks/load.py) at fractions of that maximum, and at one low rate common to
 all; and the memory of each worker (RSS, and PSS: shared pages divided among the processes
-that map them). The summary gives the ratios the serving targets are stated in (over the
-per-request path, and over the physical bound).
+that map them); and, batching, how long /healthz and /readyz take to answer while the
+largest request the server takes (1,000 users x k=100) is scored. The summary gives the
+ratios the serving targets are stated in (over the per-request path, and over the physical
+bound).
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import re
@@ -34,6 +37,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -298,20 +302,85 @@ def closed_loop_max(port: int, pids: list[int]) -> dict[str, Any]:
     }
 
 
-def open_loop_at(port: int, rate: float) -> dict[str, Any]:
+def _batches(port: int) -> tuple[float, float]:
+    """Micro-batches scored so far, and the users in them, summed over the workers."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    totals = {"count": 0.0, "sum": 0.0}
+    for kind, value in re.findall(
+        r"^shopping_guide_scoring_batch_users_(count|sum)(?:\{[^}]*\})? (\S+)$", text, re.M
+    ):
+        totals[kind] += float(value)
+    return totals["count"], totals["sum"]
+
+
+def open_loop_at(port: int, rate: float, pids: list[int]) -> dict[str, Any]:
     def request(n: int) -> bytes:
         user = (n * 7919) % USERS
         return (f"GET /v1/recommendations?user_id=u{user}&k={K} HTTP/1.1\r\n"
                 "Host: bench\r\n\r\n").encode()  # fmt: skip
 
+    cpu, batches = _thread_cpu(pids), _batches(port)
     outcome = asyncio.run(open_loop("127.0.0.1", port, request, rate, OPEN_LOOP_SECONDS))
+    cpu_after, batches_after = _thread_cpu(pids), _batches(port)
+    answered = max(1, len(outcome.latencies))
+    scored = batches_after[0] - batches[0]
     return {
         "rate": round(rate),
         "requests": len(outcome.latencies),
         "errors": outcome.errors,
         **percentiles(outcome.latencies),
+        "cpu_ms_per_request": {
+            "event_loop": round((cpu_after[0] - cpu[0]) * 1000 / answered, 3),
+            "scoring_threads": round((cpu_after[1] - cpu[1]) * 1000 / answered, 3),
+        },
+        "users_per_batch": round((batches_after[1] - batches[1]) / scored, 2) if scored else None,
         # How far behind its schedule the generator itself sent (it shares the CPUs).
         "send_lag_p99_ms": percentiles(outcome.late_sends)["p99_ms"],
+    }
+
+
+# The largest request the server takes: 1,000 users x k=100 (its scored-row bound).
+LARGEST = json.dumps({"user_ids": [f"u{u}" for u in range(1000)], "k": 100}).encode()
+PROBE_TARGET_MS = 50.0  # what /healthz and /readyz must answer within meanwhile
+
+
+def probes_while_largest(port: int) -> dict[str, Any]:
+    """/healthz and /readyz every 10 ms, on one kept-alive connection, while the largest
+    request is scored: how long the probes answered meanwhile took."""
+    result: list[float] = []
+
+    def largest() -> None:
+        started = time.perf_counter()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/recommendations:batch",
+                                         LARGEST, {"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=120) as response:
+            response.read()
+        result.append(time.perf_counter() - started)
+
+    probes = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    thread = threading.Thread(target=largest)
+    thread.start()
+    time.sleep(0.2)  # the request is read and handed to a scoring thread
+    latencies: list[float] = []
+    while thread.is_alive():
+        for path in ("/healthz", "/readyz"):
+            started = time.perf_counter()
+            probes.request("GET", path)
+            probes.getresponse().read()
+            if thread.is_alive():
+                latencies.append(time.perf_counter() - started)
+        time.sleep(0.01)
+    thread.join()
+    probes.close()
+    worst = max(latencies, default=float("nan")) * 1000
+    return {
+        "request_seconds": round(result[0], 3),
+        "probes": len(latencies),
+        **percentiles(latencies),
+        "max_ms": round(worst, 3),
+        "target_ms": PROBE_TARGET_MS,
+        "max_over_target": round(worst / PROBE_TARGET_MS, 2),
     }
 
 
@@ -346,7 +415,11 @@ def over_http(root: Path, n_items: int, versions: list[str], bound: float) -> di
                 rates["10% of this maximum"] = 0.1 * top
             rates["50% of this maximum"] = 0.5 * top
             rates["90% of this maximum"] = 0.9 * top
-            result["open_loop"] = {name: open_loop_at(port, rate) for name, rate in rates.items()}
+            result["open_loop"] = {
+                name: open_loop_at(port, rate, pids) for name, rate in rates.items()
+            }
+            if mode != "per_request":
+                result["probes_while_largest_request"] = probes_while_largest(port)
             out[mode] = result
     base, one, pod = (out[mode] for mode in modes)
     top = pod["max"]["requests_per_second"]
@@ -365,6 +438,7 @@ def over_http(root: Path, n_items: int, versions: list[str], bound: float) -> di
         },
         "p99_ms_low_load": {mode: out[mode]["open_loop"][LOW]["p99_ms"] for mode in modes},
         "pss_mb_total": {mode: out[mode]["memory"]["pss_mb_total"] for mode in modes},
+        "probe_max_ms_while_largest_request": pod["probes_while_largest_request"]["max_ms"],
     }
     return out
 
