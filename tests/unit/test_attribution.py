@@ -85,3 +85,37 @@ def test_keys_are_long_enough(tmp_path: Path) -> None:
         load_key(path)
     with pytest.raises(AttributionKeyError):
         Attributor(b"short")
+
+
+def test_ids_of_the_previous_format_still_verify() -> None:
+    """Format 1 signed with HMAC-SHA256: lists served before an upgrade keep their feedback."""
+    import hmac
+    import struct
+
+    clock = Clock()
+    payload = struct.pack(">BI8sBB", 1, int(clock.now), b"n" * 8, 1, 2) + b"v1"
+    mac = hmac.digest(KEY, payload, "sha256")[:16]
+    token = base64.urlsafe_b64encode(payload + mac).rstrip(b"=").decode()
+    verdict = Attributor(KEY, clock=clock).verify(token)
+    assert (verdict.outcome, verdict.model_version, verdict.cohort) == ("verified", "v1", "canary")
+    forged = base64.urlsafe_b64encode(payload + bytes(16)).rstrip(b"=").decode()
+    assert Attributor(KEY, clock=clock).verify(forged).outcome == "invalid"
+
+
+def test_copies_in_other_processes_issue_other_ids() -> None:
+    """Each worker holds a copy of the supervisor's Attributor: their nonces must differ."""
+    import multiprocessing
+    import pickle
+
+    signer = Attributor(KEY, clock=Clock())
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        tokens = pool.map(_issue_many, [pickle.dumps(signer)] * 2)
+    assert len(set(tokens[0]) | set(tokens[1])) == 2000
+
+
+def _issue_many(pickled: bytes) -> list[str]:
+    import pickle
+
+    signer: Attributor = pickle.loads(pickled)
+    return [signer.issue("v1", "stable") for _ in range(1000)]
