@@ -312,6 +312,10 @@ def _as_float(values: pa.ChunkedArray) -> tuple[pa.ChunkedArray, npt.NDArray[np.
 def _as_epoch_seconds(
     values: pa.ChunkedArray, time_format: str | None
 ) -> tuple[pa.ChunkedArray, npt.NDArray[np.bool_]]:
+    """Seconds since the epoch (UTC), and which values could not be read. Text is read as ISO
+    8601 or one of _TIME_FORMATS, with or without fractional seconds and a UTC offset (`Z`,
+    `+02:00`, `+0200`), in any mix: exports with offsets are common. A time without an offset
+    is taken to be UTC."""
     kind = values.type
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
         seconds = pc.cast(
@@ -322,18 +326,61 @@ def _as_epoch_seconds(
         return pc.cast(values, pa.int64(), safe=False), np.zeros(len(values), dtype=bool)
     text = pc.cast(values, pa.string())
     if time_format is None:
-        for target in (pa.timestamp("s"), pa.timestamp("s", tz="UTC")):
+        # Arrow's own ISO 8601 parser, vectorised, when every value has the same form.
+        for target in (pa.timestamp("s"), pa.timestamp("s", tz="UTC"), pa.timestamp("ns"),
+                       pa.timestamp("ns", tz="UTC")):  # fmt: skip
             try:
-                return pc.cast(pc.cast(text, target), pa.int64()), np.zeros(len(text), dtype=bool)
+                parsed = pc.cast(text, target)
             except pa.ArrowInvalid:
                 continue
+            return _floor_seconds(parsed), np.zeros(len(text), dtype=bool)
         if pc.all(pc.fill_null(pc.match_substring_regex(text, r"^\s*\d+\s*$"), True)).as_py():
             return pc.cast(text, pa.int64()), np.zeros(len(text), dtype=bool)
     formats = (time_format,) if time_format else _TIME_FORMATS
     parsed = [pc.strptime(text, format=f, unit="s", error_is_null=True) for f in formats]
-    combined = pc.coalesce(*parsed) if len(parsed) > 1 else parsed[0]
+    combined = pc.cast(pc.coalesce(*parsed) if len(parsed) > 1 else parsed[0], pa.int64())
+    if time_format is None:
+        combined = _iso_one_by_one(text, combined)
     bad = np.asarray(pc.and_(pc.is_null(combined), pc.is_valid(text)))
-    return pc.cast(combined, pa.int64()), bad
+    return combined, bad
+
+
+def _floor_seconds(parsed: pa.ChunkedArray) -> pa.ChunkedArray:
+    unit = parsed.type.unit
+    if unit == "s":
+        return pc.cast(parsed, pa.int64())
+    per_second = pa.scalar({"ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[unit], pa.int64())
+    ticks = pc.cast(parsed, pa.int64())
+    whole = pc.divide(ticks, per_second)  # integer division: toward zero
+    # Floor, as for whole seconds: a time before 1970 with a fraction is in the second before.
+    remainder = pc.subtract(ticks, pc.multiply(whole, per_second))
+    floored: pa.ChunkedArray = pc.if_else(pc.less(remainder, 0), pc.subtract(whole, 1), whole)
+    return floored
+
+
+def _iso_one_by_one(text: pa.ChunkedArray, seconds: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The values still unread, each distinct one through Python's ISO 8601 parser: a column
+    that mixes forms (offsets on some rows only, fractional seconds with an offset)."""
+    import datetime as dt
+    import math
+
+    unread = pc.and_(pc.is_null(seconds), pc.is_valid(text))
+    if not pc.any(unread).as_py():
+        return seconds
+    distinct = pc.unique(pc.filter(text, unread)).to_pylist()
+    found: list[int | None] = []
+    for value in distinct:
+        try:
+            when = dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            found.append(None)
+            continue
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        found.append(math.floor(when.timestamp()))
+    at = pc.index_in(text, value_set=pa.array(distinct, pa.string()))
+    looked_up = pc.take(pa.array(found, pa.int64()), at)
+    return pc.coalesce(seconds, looked_up)
 
 
 def load_events(

@@ -223,3 +223,39 @@ def test_corrupt_compressed_file(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"not found|cannot read"):
         load_events(tmp_path / "nope.csv", EventSchema())
+
+
+MIDNIGHT_UTC = 1_790_812_800  # 2026-10-01T00:00:00Z
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        ["2026-10-01T00:00:00+00:00", "2026-10-01T02:00:00+02:00"],  # every row with an offset
+        ["2026-10-01T00:00:00Z", "2026-09-30T19:00:00-05:00"],
+        ["2026-10-01T00:00:00.250+00:00", "2026-10-01T00:00:00.999Z"],  # fractions: floored
+        ["2026-10-01T02:00:00+02:00", "2026-10-01 00:00:00"],  # offsets on some rows only
+        ["2026-10-01 01:00:00+0100", "2026-10-01T00:00"],
+    ],
+    ids=["offsets", "zulu-and-negative", "fractions", "mixed", "compact-offset"],
+)
+def test_times_with_utc_offsets_are_read_as_the_instant_they_name(
+    write_file: Callable[[str, str], Path], times: list[str]
+) -> None:
+    """Exports often carry offsets; a time without one is UTC."""
+    rows = "".join(f"u{n},i{n},{t}\n" for n, t in enumerate(times))
+    events = load_events(
+        write_file("e.csv", "user_id,item_id,ts\n" + rows), EventSchema(time_col="ts")
+    )
+    assert events.timestamp is not None
+    assert events.timestamp.tolist() == [MIDNIGHT_UTC] * len(times)
+
+
+def test_an_unreadable_time_among_offsets_is_still_named(
+    write_file: Callable[[str, str], Path],
+) -> None:
+    text = (
+        "user_id,item_id,ts\nu,i,2026-10-01T00:00:00+02:00\nv,j,2026-10-01\nw,k,2026-13-01T00:00Z\n"
+    )
+    with pytest.raises(DataError, match=r"row 3 .*unparsable timestamp.*2026-13-01"):
+        load_events(write_file("e.csv", text), EventSchema(time_col="ts"))
