@@ -598,7 +598,10 @@ def _add_refresh_trending(sub: argparse._SubParsersAction[argparse.ArgumentParse
         help="versions to refresh (repeatable; default: those --routing routes, else the newest)",
     )
     p.add_argument("--routing", type=Path, help="routing file: refresh the versions it routes")
-    data = p.add_argument_group("events (only the item and time columns are read)")
+    data = p.add_argument_group(
+        "events (only the item, time and user columns are read: the user to leave forgotten "
+        "shoppers out)"
+    )
     data.add_argument(
         "--events", required=True, help="CSV/TSV/JSONL/Parquet file, a path or s3://BUCKET/KEY"
     )

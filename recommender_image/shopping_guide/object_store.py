@@ -145,9 +145,10 @@ def _same_content(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 def _local_files(version_dir: Path) -> dict[str, Any]:
     """The manifest entries of a local copy of a version ({} without a readable one)."""
+    path = version_dir / MANIFEST
     try:
-        files = json.loads((version_dir / MANIFEST).read_text()).get("files", {})
-    except (OSError, ValueError, AttributeError):
+        files = parse_manifest(path.read_text(), str(path)).get("files", {})
+    except (OSError, UnicodeDecodeError, ArtifactError):
         return {}
     return files if isinstance(files, dict) else {}
 

@@ -10,7 +10,7 @@ signal ends the drain at once.
 
 Closing a listening socket resets every connection the kernel has completed but the server
 has not accepted yet, and each of those clients has already sent its request: under steady
-reconnects (every answer of the drain says `Connection: close`) that lost 9 to 19 requests per
+reconnects (every answer of the drain says `Connection: close`) that lost 9 to 26 requests per
 stop of two workers. So before the listener closes, a socket filter makes the kernel drop new
 connection attempts (their clients retry, and meet a closed port, which a client can handle:
 nothing was sent), the server accepts what is queued, and reads those requests.
