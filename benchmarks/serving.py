@@ -18,7 +18,8 @@ with batching, then one worker per CPU with batching (the default). For each, th
 it sustains (wrk, closed loop, random known users, CONNECTIONS connections), with the CPU time
 its workers' event loops and scoring threads spent per request; then latency under open-loop
 Poisson load (benchmarks/load.py) at fractions of that maximum, and at one low rate common to
-all; and the memory of each worker (RSS, and PSS: shared pages divided among the processes
+all, with the users per batch and the mean wait for a batch and batch time (the server's
+histograms); and the memory of each worker (RSS, and PSS: shared pages divided among the processes
 that map them); and, batching, how long /healthz and /readyz take to answer while the
 largest request the server takes (1,000 users x k=100) is scored. The summary gives the
 ratios the serving targets are stated in (over the per-request path, and over the physical
@@ -302,16 +303,44 @@ def closed_loop_max(port: int, pids: list[int]) -> dict[str, Any]:
     }
 
 
-def _batches(port: int) -> tuple[float, float]:
-    """Micro-batches scored so far, and the users in them, summed over the workers."""
+def _scoring_totals(port: int) -> dict[str, float]:
+    """The batcher's histograms so far, summed over the workers: `<name>_count` and
+    `<name>_sum` for users per batch, the wait for a batch, and the batch's time."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
-    totals = {"count": 0.0, "sum": 0.0}
-    for kind, value in re.findall(
-        r"^shopping_guide_scoring_batch_users_(count|sum)(?:\{[^}]*\})? (\S+)$", text, re.M
+    totals: dict[str, float] = {}
+    for name, value in re.findall(
+        r"^shopping_guide_scoring_((?:batch_users|wait_seconds|batch_seconds)_(?:count|sum))"
+        r"(?:\{[^}]*\})? (\S+)$",
+        text,
+        re.M,
     ):
-        totals[kind] += float(value)
-    return totals["count"], totals["sum"]
+        totals[name] = totals.get(name, 0.0) + float(value)
+    return totals
+
+
+def _mean_of(before: dict[str, float], after: dict[str, float], name: str) -> float | None:
+    count = after.get(f"{name}_count", 0.0) - before.get(f"{name}_count", 0.0)
+    if not count:
+        return None
+    return (after.get(f"{name}_sum", 0.0) - before.get(f"{name}_sum", 0.0)) / count
+
+
+def _wait_idle(port: int, timeout: float = 30.0) -> None:
+    """Until nothing is queued for scoring: the closed-loop run before leaves its clients'
+    last requests queued (on the per-request path, 128 of them: 0.2 s of work), and the
+    open-loop run after must not start behind them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        queued = re.findall(
+            r"^shopping_guide_scoring_queued_users(?:\{[^}]*\})? (\S+)$", text, re.M
+        )
+        if queued and not sum(float(q) for q in queued):
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"the server still had work queued {timeout:.0f} s after the load stopped")
 
 
 def open_loop_at(port: int, rate: float, pids: list[int]) -> dict[str, Any]:
@@ -320,11 +349,15 @@ def open_loop_at(port: int, rate: float, pids: list[int]) -> dict[str, Any]:
         return (f"GET /v1/recommendations?user_id=u{user}&k={K} HTTP/1.1\r\n"
                 "Host: bench\r\n\r\n").encode()  # fmt: skip
 
-    cpu, batches = _thread_cpu(pids), _batches(port)
+    _wait_idle(port)
+    cpu, totals = _thread_cpu(pids), _scoring_totals(port)
     outcome = asyncio.run(open_loop("127.0.0.1", port, request, rate, OPEN_LOOP_SECONDS))
-    cpu_after, batches_after = _thread_cpu(pids), _batches(port)
+    cpu_after, totals_after = _thread_cpu(pids), _scoring_totals(port)
     answered = max(1, len(outcome.latencies))
-    scored = batches_after[0] - batches[0]
+    users = _mean_of(totals, totals_after, "batch_users")
+    wait, batch = (
+        _mean_of(totals, totals_after, name) for name in ("wait_seconds", "batch_seconds")
+    )
     return {
         "rate": round(rate),
         "requests": len(outcome.latencies),
@@ -334,7 +367,11 @@ def open_loop_at(port: int, rate: float, pids: list[int]) -> dict[str, Any]:
             "event_loop": round((cpu_after[0] - cpu[0]) * 1000 / answered, 3),
             "scoring_threads": round((cpu_after[1] - cpu[1]) * 1000 / answered, 3),
         },
-        "users_per_batch": round((batches_after[1] - batches[1]) / scored, 2) if scored else None,
+        "users_per_batch": None if users is None else round(users, 2),
+        # Where a batched request's time went, on average: waiting for its batch to start,
+        # then the batch, to its answers back on the event loop (the server's histograms).
+        "mean_wait_for_batch_ms": None if wait is None else round(wait * 1000, 3),
+        "mean_batch_ms": None if batch is None else round(batch * 1000, 3),
         # How far behind its schedule the generator itself sent (it shares the CPUs).
         "send_lag_p99_ms": percentiles(outcome.late_sends)["p99_ms"],
     }

@@ -76,16 +76,24 @@ async def test_batches_hold_at_most_max_batch() -> None:
     scoring.close()
 
 
-async def test_the_batch_histogram_counts_the_users_of_each_batch() -> None:
+async def test_the_histograms_count_batches_their_users_waits_and_times() -> None:
+    """20 requests at once, 8 a batch of 50 ms: batches of 8, 8 and 4, which waited 0, one
+    and two batches' time."""
     metrics = ServerMetrics()
-    scoring = Scoring(ScoringConfig(threads=1, max_batch=8), None, metrics.batch_users)
+    scoring = Scoring(ScoringConfig(threads=1, max_batch=8), None, metrics.batch_users,
+                      metrics.batch_wait, metrics.batch_seconds)  # fmt: skip
     model = FakeModel(delay=0.05)
     await asyncio.gather(*(_ask(scoring, model, f"u{n}") for n in range(20)))
     scoring.close()
-    samples = {s.name: s.value for m in metrics.batch_users.collect() for s in m.samples
+    histograms = (metrics.batch_users, metrics.batch_wait, metrics.batch_seconds)
+    samples = {s.name: s.value for h in histograms for m in h.collect() for s in m.samples
                if s.name.endswith(("_count", "_sum"))}  # fmt: skip
-    assert samples == {"shopping_guide_scoring_batch_users_count": 3.0,
-                       "shopping_guide_scoring_batch_users_sum": 20.0}  # fmt: skip
+    assert samples["shopping_guide_scoring_batch_users_count"] == 3.0
+    assert samples["shopping_guide_scoring_batch_users_sum"] == 20.0
+    assert samples["shopping_guide_scoring_wait_seconds_count"] == 20.0
+    assert samples["shopping_guide_scoring_wait_seconds_sum"] >= 8 * 0.05 + 4 * 0.10
+    assert samples["shopping_guide_scoring_batch_seconds_count"] == 3.0
+    assert samples["shopping_guide_scoring_batch_seconds_sum"] >= 3 * 0.05
 
 
 async def test_an_idle_scorer_does_not_wait_for_the_window() -> None:

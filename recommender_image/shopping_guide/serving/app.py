@@ -645,7 +645,10 @@ def build_app(
     app[ATTRIBUTOR] = attributor or Attributor.ephemeral()
     app[STATE] = {"workers_loading": workers_loading}
     server_metrics = app[METRICS]
-    app[SCORING] = Scoring(scoring, server_metrics.queued_users, server_metrics.batch_users)
+    app[SCORING] = Scoring(
+        scoring, server_metrics.queued_users, server_metrics.batch_users,
+        server_metrics.batch_wait, server_metrics.batch_seconds,
+    )  # fmt: skip
     registry.subscribe(lambda snapshot: _publish(server_metrics, snapshot))
     app.router.add_get("/v1/recommendations", recommendations_get)
     app.router.add_post("/v1/recommendations", recommendations_post)

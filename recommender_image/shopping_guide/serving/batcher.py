@@ -72,6 +72,7 @@ class _Waiting:
     model: ServingModel
     query: Query
     future: asyncio.Future[Ranked]
+    admitted: float  # loop time
 
 
 def _one_thread_each() -> None:
@@ -119,10 +120,14 @@ class Scoring:
         config: ScoringConfig | None = None,
         queued_gauge: Gauge | None = None,
         batch_histogram: Histogram | None = None,
+        wait_histogram: Histogram | None = None,
+        batch_seconds: Histogram | None = None,
     ) -> None:
         self.config = config or ScoringConfig()
         self._gauge = queued_gauge
         self._batch_histogram = batch_histogram
+        self._wait_histogram = wait_histogram
+        self._batch_seconds = batch_seconds
         self._executor = ThreadPoolExecutor(
             self.config.threads, thread_name_prefix="scoring", initializer=_one_thread_each
         )
@@ -185,7 +190,7 @@ class Scoring:
         self._admit(1)
         try:
             loop = asyncio.get_running_loop()
-            waiting = _Waiting(model, query, loop.create_future())
+            waiting = _Waiting(model, query, loop.create_future(), loop.time())
             self._waiting.append(waiting)
             self._schedule(loop)
             return await waiting.future
@@ -212,18 +217,25 @@ class Scoring:
         while self._waiting and self._batches < self.config.threads:
             batch, self._waiting = self._waiting[:size], self._waiting[size:]
             self._batches += 1
+            started = loop.time()
             if self._batch_histogram is not None:
                 self._batch_histogram.observe(len(batch))
+            if self._wait_histogram is not None:
+                for waiting in batch:
+                    self._wait_histogram.observe(started - waiting.admitted)
             future = loop.run_in_executor(self._executor, _score, batch)
-            future.add_done_callback(functools.partial(self._done, loop, batch))
+            future.add_done_callback(functools.partial(self._done, loop, batch, started))
 
     def _done(
         self,
         loop: asyncio.AbstractEventLoop,
         batch: list[_Waiting],
+        started: float,
         future: asyncio.Future[list[Ranked | Exception]],
     ) -> None:
         self._batches -= 1
+        if self._batch_seconds is not None:
+            self._batch_seconds.observe(loop.time() - started)
         failed = RuntimeError("scoring was cancelled") if future.cancelled() else future.exception()
         results: list[Ranked | BaseException] = (
             [failed] * len(batch) if failed is not None else list(future.result())
