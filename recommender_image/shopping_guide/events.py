@@ -8,8 +8,10 @@ objects. Every problem is reported with the file, the row and the column, and th
 from __future__ import annotations
 
 import bz2
+import datetime as dt
 import gzip
 import lzma
+import math
 import zlib
 from collections import Counter
 from collections.abc import Mapping
@@ -346,24 +348,14 @@ def _as_epoch_seconds(
 
 
 def _floor_seconds(parsed: pa.ChunkedArray) -> pa.ChunkedArray:
-    unit = parsed.type.unit
-    if unit == "s":
-        return pc.cast(parsed, pa.int64())
-    per_second = pa.scalar({"ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[unit], pa.int64())
-    ticks = pc.cast(parsed, pa.int64())
-    whole = pc.divide(ticks, per_second)  # integer division: toward zero
-    # Floor, as for whole seconds: a time before 1970 with a fraction is in the second before.
-    remainder = pc.subtract(ticks, pc.multiply(whole, per_second))
-    floored: pa.ChunkedArray = pc.if_else(pc.less(remainder, 0), pc.subtract(whole, 1), whole)
-    return floored
+    """Whole seconds since the epoch, fractions floored (before 1970 too)."""
+    whole = pc.floor_temporal(parsed, unit="second")
+    return pc.cast(pc.cast(whole, pa.timestamp("s", tz=parsed.type.tz)), pa.int64())
 
 
 def _iso_one_by_one(text: pa.ChunkedArray, seconds: pa.ChunkedArray) -> pa.ChunkedArray:
     """The values still unread, each distinct one through Python's ISO 8601 parser: a column
     that mixes forms (offsets on some rows only, fractional seconds with an offset)."""
-    import datetime as dt
-    import math
-
     unread = pc.and_(pc.is_null(seconds), pc.is_valid(text))
     if not pc.any(unread).as_py():
         return seconds
