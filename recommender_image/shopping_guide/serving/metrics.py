@@ -37,7 +37,6 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 REASON_LIMIT = 200
 
 # Latency buckets around the targets (single-digit milliseconds).
-_SCORING_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.5, 2.0)
 _BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25,
             0.5, 1.0, 2.5)  # fmt: skip
 
@@ -239,12 +238,12 @@ class ServerMetrics:
         self.batch_wait = Histogram(
             "shopping_guide_scoring_wait_seconds",
             "Time a request waited for its micro-batch to start scoring",
-            buckets=_SCORING_BUCKETS, registry=r,
+            buckets=_BUCKETS, registry=r,
         )  # fmt: skip
         self.batch_seconds = Histogram(
             "shopping_guide_scoring_batch_seconds",
             "Time of one micro-batch, from its start to its answers back on the event loop",
-            buckets=_SCORING_BUCKETS, registry=r,
+            buckets=_BUCKETS, registry=r,
         )  # fmt: skip
         self.canary_weight = Gauge(
             "shopping_guide_canary_weight_basis_points", "Canary weight in effect", registry=r,
