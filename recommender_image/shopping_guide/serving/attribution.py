@@ -40,7 +40,8 @@ from ..errors import ShoppingGuideError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # keyed BLAKE2b; 1: HMAC-SHA256, verified only
+FORMAT = 2  # keyed BLAKE2b
+HMAC_FORMAT = 1  # HMAC-SHA256: no longer issued, verified until its ids expire
 MIN_KEY_BYTES = 32
 MAC_BYTES = 16
 NONCE_BYTES = 8
@@ -109,7 +110,7 @@ class Attributor:
         return cls(secrets.token_bytes(MIN_KEY_BYTES))
 
     def _mac(self, payload: bytes) -> bytes:
-        if payload[0] == 1:
+        if payload[0] == HMAC_FORMAT:
             return hmac.digest(self._key, payload, "sha256")[:MAC_BYTES]
         return hashlib.blake2b(payload, digest_size=MAC_BYTES, key=self._blake_key).digest()
 
@@ -143,7 +144,7 @@ class Attributor:
             return INVALID
         fmt, issued, _, cohort, length = _HEADER.unpack_from(payload)
         if (
-            fmt not in (1, FORMAT)
+            fmt not in (HMAC_FORMAT, FORMAT)
             or cohort >= len(_COHORTS)
             or len(payload) != _HEADER.size + length
         ):
