@@ -303,11 +303,15 @@ def closed_loop_max(port: int, pids: list[int]) -> dict[str, Any]:
     }
 
 
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
 def _scoring_totals(port: int) -> dict[str, float]:
     """The batcher's histograms so far, summed over the workers: `<name>_count` and
     `<name>_sum` for users per batch, the wait for a batch, and the batch's time."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
+    text = _metrics(port)
     totals: dict[str, float] = {}
     for name, value in re.findall(
         r"^shopping_guide_scoring_((?:batch_users|wait_seconds|batch_seconds)_(?:count|sum))"
@@ -332,10 +336,8 @@ def _wait_idle(port: int, timeout: float = 30.0) -> None:
     open-loop run after must not start behind them."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-            text = response.read().decode()
         queued = re.findall(
-            r"^shopping_guide_scoring_queued_users(?:\{[^}]*\})? (\S+)$", text, re.M
+            r"^shopping_guide_scoring_queued_users(?:\{[^}]*\})? (\S+)$", _metrics(port), re.M
         )
         if queued and not sum(float(q) for q in queued):
             return
