@@ -1,9 +1,9 @@
 """One loaded model version, ready for scoring one request or many together.
 
-Exact scoring is implicit's native top-k over the item factors (a matrix product and a heap).
-Scoring one user reads the whole item matrix for one dot product per item: memory-bound. The
-users of concurrent requests are therefore scored together where they can be (`recommend_many`):
-one matrix product for all of them, each user's own exclusions applied inside the same top-k.
+Exact scoring of factor models is a matrix product and a heap per user (`exact`). Scoring one
+user reads the whole item matrix for one dot product per item: memory-bound. The users of
+concurrent requests are therefore scored together where they can be (`recommend_many`): one
+matrix product for all of them, each user's own exclusions applied inside the same top-k.
 For large catalogues an HNSW graph answers instead (see `ann`), read from the artifact or, for
 artifacts without one, built when the version loads; it also takes many queries in one call.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +28,7 @@ from ..content import TextIndex
 from ..errors import ArtifactError
 from ..trending import Trending
 from . import fallback, rules
+from .exact import ExactTopK
 from .fallback import EmptyReason, Reason
 from .ids import IdIndex
 
@@ -108,24 +109,6 @@ class Ranked:
         return "popular" if self.strategy == "popular" else "personalized"
 
 
-class _Row(NamedTuple):
-    indices: IntArray
-
-
-class _RowFilter:
-    """Items each query row leaves out, in the form implicit's top-k reads: `rows[i].indices`.
-
-    The same as a CSR matrix there, without its cost: a scipy row slice takes about 0.1 ms,
-    more than that row's share of the batched matrix product.
-    """
-
-    def __init__(self, rows: Sequence[IntArray]) -> None:
-        self.rows = rows
-
-    def __getitem__(self, row: int) -> _Row:
-        return _Row(self.rows[row])
-
-
 _CandidateKey = tuple[tuple[str, ...] | None, Filters | None]
 
 
@@ -189,9 +172,6 @@ def _top(scores: FloatArray, k: int) -> IntArray:
     return top
 
 
-FEW_ROWS = 4  # from this many rows, one matrix product scores them faster than one each
-
-
 class ServingModel:
     """A verified artifact with id maps, popularity order and optional ANN index."""
 
@@ -227,15 +207,12 @@ class ServingModel:
                 raise ArtifactError(f"{self.version}: the ANN index does not match the items")
         elif factors is not None and ann_min_items is not None and len(factors) >= ann_min_items:
             self.ann = AnnIndex.build(factors)
-        # The item factors as exact scoring reads them, item-minor: the top-k computes
-        # queries x items.T, and with items.T contiguous BLAS streams it without first packing
-        # a copy of the whole matrix, which for a few queries costs more than the product
-        # (0.9 vs 1.6 ms for one user, 2.6 vs 3.2 for four, at 100k items x 64 factors). A
-        # private copy of each worker (26 MB at 100k items); with an ANN index exact scoring
-        # over every item is rare (folded-in shoppers) and reads the shared mapped pages.
-        self._scoring_items: FloatArray | None = None
-        if factors is not None and self.ann is None:
-            self._scoring_items = np.asfortranarray(factors)
+        # Exact scoring over every item: from a private tiled copy of the factors (26 MB per
+        # worker at 100k items), which a small batch scores several times faster; with an ANN
+        # index it is rare (folded-in shoppers) and reads the shared mapped pages instead.
+        self._exact: ExactTopK | None = None
+        if factors is not None:
+            self._exact = ExactTopK(factors, tiled=self.ann is None)
         self.smoke_test()
         self.load_seconds = time.perf_counter() - started
 
@@ -478,48 +455,11 @@ class ServingModel:
         return mask
 
     def _exact_rows(
-        self,
-        vectors: FloatArray,
-        ks: Sequence[int],
-        blocked: Sequence[IntArray],
-        items: FloatArray | None = None,
+        self, vectors: FloatArray, ks: Sequence[int], blocked: Sequence[IntArray]
     ) -> list[tuple[IntArray, FloatArray]]:
-        """Exact top-k for each row of `vectors` over `items` (default: all the item factors),
-        in one native top-k per distinct k, or per row where fewer than FEW_ROWS share a k:
-        BLAS multiplies one row without packing the item matrix, and two or three rows at
-        about the price of four (2.5 vs 3.5 ms for two rows at 100k items)."""
-        from implicit.cpu.topk import topk
-
-        if items is None:
-            items = self._scoring_items
-            if items is None:
-                items = self.model.item_factors
-        assert items is not None
-        out: list[tuple[IntArray, FloatArray]] = [(np.empty(0, np.int64), np.empty(0, np.float32))]
-        out *= len(ks)
-        by_k: dict[int, list[int]] = {}
-        for row, k in enumerate(ks):
-            by_k.setdefault(k, []).append(row)
-        floor = np.finfo(np.float32).min / 2
-        groups = [
-            part
-            for rows in by_k.values()
-            for part in ([rows] if len(rows) >= FEW_ROWS else [[row] for row in rows])
-        ]
-        for rows in groups:
-            k = ks[rows[0]]
-            filtered = [blocked[r] for r in rows]
-            ids, scores = topk(
-                items,
-                np.ascontiguousarray(vectors[rows], dtype=np.float32),
-                min(k, len(items)),
-                filter_query_items=_RowFilter(filtered) if any(map(len, filtered)) else None,
-                num_threads=1,  # parallelism comes from the scoring threads
-            )
-            for j, row in enumerate(rows):
-                keep = scores[j] > floor
-                out[row] = ids[j][keep].astype(np.int64), scores[j][keep]
-        return out
+        """Exact top-k for each row of `vectors` over all the items."""
+        assert self._exact is not None
+        return self._exact.search(vectors, ks, blocked)
 
     def _exact_within(
         self,
@@ -529,16 +469,21 @@ class ServingModel:
         blocked: Sequence[IntArray],
     ) -> list[tuple[IntArray, FloatArray]]:
         """Exact top-k among the candidate items only: a 5,000-item allow-list scores 5,000
-        items per user, not the whole catalogue."""
+        items per user, not the whole catalogue. From a quarter of the catalogue on, copying
+        the candidates out costs more than scoring every item and masking the rest."""
         assert self.model.item_factors is not None and candidates is not None
+        assert self._exact is not None
         chosen = np.flatnonzero(candidates)
         if not len(chosen):
             return [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in ks]
+        if len(chosen) * 4 >= len(candidates):
+            return self._exact.search(vectors, ks, blocked, candidates)
         local = []
         for items in blocked:  # blocked items, as positions among the candidates
             at = np.minimum(np.searchsorted(chosen, items), len(chosen) - 1)
             local.append(at[chosen[at] == items].astype(np.int64))
-        found = self._exact_rows(vectors, ks, local, self.model.item_factors[chosen])
+        within = ExactTopK(self.model.item_factors[chosen], tiled=False)
+        found = within.search(vectors, ks, local)
         return [(chosen[ids], scores) for ids, scores in found]
 
     def _ann_rows(
