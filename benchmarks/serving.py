@@ -158,6 +158,8 @@ def in_process(root: Path, version: str, n_items: int, ann_build: float) -> dict
         out["server_batched_64_users_per_second_one_thread"] = round(
             rounds * 64 / (time.perf_counter() - t0)
         )
+        if approx is None:
+            out["exact_top10_by_batch_size"] = _exact_by_batch_size(exact, users)
     if approx is not None:
         hits = 0
         sample = users[:500]  # fewer at 1M items: `calls` shrinks with the catalogue
@@ -191,6 +193,47 @@ def in_process(root: Path, version: str, n_items: int, ann_build: float) -> dict
         bound = {"reference": "faiss HNSW multi-query search, every core, k + seen items"}
     bound["users_per_second"] = round(len(many) / (time.perf_counter() - t0))
     out["bound"] = bound
+    return out
+
+
+BATCH_SIZES = (1, 2, 4, 8, 16, 64)
+
+
+def _exact_by_batch_size(served: ServingModel, users: np.ndarray) -> dict[str, Any]:
+    """One exact top-10 of a batch of users, seen items left out, at each batch size: the
+    server's kernel (`exact`, tiled factors) against implicit's top-k over the same factors
+    (what implicit's own recommend runs), interleaved so that both see the same machine."""
+    from implicit.cpu.topk import topk
+
+    model = served.model
+    assert model.user_factors is not None and model.item_factors is not None
+    kernel = served._exact
+    assert kernel is not None
+    history = model.user_items.tocsr()
+    times: dict[tuple[int, str], list[float]] = {}
+    for round_ in range(20):
+        for size in BATCH_SIZES:
+            chosen = users[(round_ * size) % len(users) :][:size]
+            if len(chosen) < size:
+                chosen = users[:size]
+            vectors = np.ascontiguousarray(model.user_factors[chosen])
+            seen = history[chosen]
+            blocked = [seen.indices[seen.indptr[i] : seen.indptr[i + 1]].astype(np.int64)
+                       for i in range(size)]  # fmt: skip
+            t0 = time.perf_counter()
+            kernel.search(vectors, [K] * size, blocked)
+            t1 = time.perf_counter()
+            topk(model.item_factors, vectors, K, filter_query_items=seen, num_threads=1)
+            t2 = time.perf_counter()
+            times.setdefault((size, "server"), []).append(t1 - t0)
+            times.setdefault((size, "implicit"), []).append(t2 - t1)
+    out: dict[str, Any] = {}
+    for size in BATCH_SIZES:
+        server, implicit = (
+            float(np.median(times[(size, n)])) * 1000 for n in ("server", "implicit")
+        )
+        out[str(size)] = {"server_ms": round(server, 3), "implicit_topk_ms": round(implicit, 3),
+                          "implicit_over_server": round(implicit / server, 2)}  # fmt: skip
     return out
 
 
