@@ -7,7 +7,8 @@ from 200,000 items the server answers from its HNSW index, as it does in product
 
 In process, per size: one user's top-10 (p50/p99) through the server's exact scorer, its ANN
 index, implicit's own `recommend` and a numpy brute force; the server's batched path
-(`recommend_many`, one scoring thread); and the physical reference, the same top-k for many
+(`recommend_many`, one scoring thread); one exact top-10 at each batch size, the server's
+kernel against implicit's top-k, interleaved; and the physical reference, the same top-k for many
 users at once on every core: implicit's native batched top-k (exact) or faiss's multi-query
 search (ANN).
 

@@ -98,9 +98,9 @@ class ExactTopK:
             np.matmul(queries, self._factors.T, out=scores)
         if candidates is not None:
             scores[:, : self.n_items][:, ~candidates] = -np.inf
-        for row, items in enumerate(blocked):
-            if len(items):
-                scores[row, items] = -np.inf
+        if any(len(items) for items in blocked):
+            rows_of = np.repeat(np.arange(rows), [len(items) for items in blocked])
+            scores[rows_of, np.concatenate(blocked)] = -np.inf
         k = min(max(ks, default=0), self.n_items)
         if k <= 0:
             return [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in range(rows)]
@@ -114,12 +114,13 @@ class ExactTopK:
         # id stride 0: every row takes the same ids.
         heaps.addn_with_ids(self._width, faiss.swig_ptr(scores), faiss.swig_ptr(self._reversed), 0)
         heaps.reorder()
-        found: list[tuple[IntArray, FloatArray]] = []
-        for row in range(rows):
-            kept = ids[row] >= 0
-            items = self._width - 1 - ids[row][kept]
-            best = values[row][kept]
-            # reorder leaves equal scores in heap order; a shorter k is a prefix of the order
-            order = np.lexsort((items, -best))[: ks[row]]
-            found.append((items[order], best[order]))
-        return found
+        # Empty places (id -1, score -FLT_MAX) sort last. reorder leaves equal scores in heap
+        # order, so every row is sorted again, all at once: a shorter k is then a prefix.
+        items = self._width - 1 - ids
+        order = np.lexsort((items, -values))
+        items, values = np.take_along_axis(items, order, 1), np.take_along_axis(values, order, 1)
+        filled = (ids >= 0).sum(axis=1)
+        return [
+            (items[row, : min(ks[row], filled[row])], values[row, : min(ks[row], filled[row])])
+            for row in range(rows)
+        ]
