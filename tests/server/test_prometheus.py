@@ -108,9 +108,12 @@ def test_measures_each_version_as_served(server: Server, prometheus: str) -> Non
 
     canary = asyncio.run(provider.measure(models.knn, 120))
     stable = asyncio.run(provider.measure(models.als, 120))
+    # increase() extrapolates past the first and last samples, by up to about 1.6 scrape
+    # intervals in all: over a burst of traffic seen for 7 to 10 s that adds up to a third.
+    # Another version's traffic (110 against 190 here) or none still fails.
     for got, version in ((canary, models.knn), (stable, models.als)):
-        assert got.requests == pytest.approx(served[version], rel=0.25)
-        assert got.recommendations == pytest.approx(served[version], rel=0.25)
+        assert 0.9 * served[version] <= got.requests <= 1.4 * served[version]
+        assert 0.9 * served[version] <= got.recommendations <= 1.4 * served[version]
         assert got.errors == 0
         assert got.p99_seconds is not None and 0 < got.p99_seconds < 1
     assert canary.click_through is not None and stable.click_through is not None
