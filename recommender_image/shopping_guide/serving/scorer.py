@@ -469,14 +469,15 @@ class ServingModel:
         blocked: Sequence[IntArray],
     ) -> list[tuple[IntArray, FloatArray]]:
         """Exact top-k among the candidate items only: a 5,000-item allow-list scores 5,000
-        items per user, not the whole catalogue. From a quarter of the catalogue on, copying
-        the candidates out costs more than scoring every item and masking the rest."""
+        items per user, not the whole catalogue. From a third of the catalogue on, scoring
+        every item and masking the rest is cheaper than copying the candidates out (4 users
+        at 100k items: 4.4 against 5.9 ms for a quarter, 7.9 against 6.5 for a half)."""
         assert self.model.item_factors is not None and candidates is not None
         assert self._exact is not None
         chosen = np.flatnonzero(candidates)
         if not len(chosen):
             return [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in ks]
-        if len(chosen) * 4 >= len(candidates):
+        if len(chosen) * 3 >= len(candidates):
             return self._exact.search(vectors, ks, blocked, candidates)
         local = []
         for items in blocked:  # blocked items, as positions among the candidates
