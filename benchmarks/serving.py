@@ -54,6 +54,7 @@ from benchmarks.load import open_loop
 from shopping_guide.ann import AnnIndex
 from shopping_guide.artifacts import ModelStore
 from shopping_guide.model import Model
+from shopping_guide.serving.exact import ExactTopK
 from shopping_guide.serving.scorer import Query, ServingModel
 
 FACTORS = 64
@@ -208,9 +209,8 @@ def _exact_by_batch_size(served: ServingModel, users: np.ndarray) -> dict[str, A
 
     model = served.model
     assert model.user_factors is not None and model.item_factors is not None
-    kernel = served._exact
-    assert kernel is not None
-    history = model.user_items.tocsr()
+    kernel = ExactTopK(model.item_factors)
+    history = served.history
     times: dict[tuple[int, str], list[float]] = {}
     for round_ in range(20):
         for size in BATCH_SIZES:
