@@ -96,3 +96,91 @@ def test_a_query_of_the_wrong_width_is_refused() -> None:
     exact = ExactTopK(np.ones((10, 4), np.float32))
     with pytest.raises(ValueError, match="4 factors"):
         exact.search(np.ones((1, 5), np.float32), [3], [np.empty(0, np.int64)])
+
+
+def _decaying(n: int, dim: int, seed: int) -> npt.NDArray[np.float32]:
+    """Factors whose norms fall with popularity, as trained models' do."""
+    rng = np.random.default_rng(seed)
+    scale = (1.0 / np.sqrt(1 + np.arange(n) / 500)).astype(np.float32)[:, None]
+    return rng.standard_normal((n, dim)).astype(np.float32) * scale
+
+
+def test_the_scan_stops_where_no_item_left_can_enter_and_answers_the_same() -> None:
+    """Norms falling with popularity: most of the catalogue is never scored, and every answer,
+    with blocked items, candidates and mixed k, is the brute force's."""
+    n, dim = 20 * TILE_ITEMS + 77, 32
+    items = _decaying(n, dim, 5)
+    rng = np.random.default_rng(6)
+    rows = 40
+    queries = rng.standard_normal((rows, dim)).astype(np.float32)
+    blocked = [rng.integers(0, 3_000, 20) for _ in range(rows)]
+    ks = [int(k) for k in rng.integers(1, 60, rows)]
+    exact = ExactTopK(items)
+    found = exact.search(queries, ks, blocked)
+    assert exact.scored < 0.3 * rows * n, exact.scored / (rows * n)
+    for row, (ids, scores) in enumerate(found):
+        assert ids.tolist() == _expected(queries[row], items, ks[row], blocked[row]), row
+        np.testing.assert_allclose(scores, items[ids] @ queries[row], rtol=1e-5, atol=1e-5)
+    candidates = rng.random(n) < 0.5
+    for row, (ids, _) in enumerate(exact.search(queries, ks, blocked, candidates)):
+        assert ids.tolist() == _expected(queries[row], items, ks[row], blocked[row], candidates)
+
+
+def test_queries_the_bound_cannot_prune_scan_everything() -> None:
+    """A query whose best scores are negative, a zero query (every score ties at 0), and
+    items of equal norms: all scanned whole, answers as the brute force's."""
+    n, dim = 3 * TILE_ITEMS + 9, 8
+    items = _decaying(n, dim, 9)
+    items[n // 2 :] = 0.0  # items never trained: zero factors, scores of 0
+    best = items[np.argmax(np.linalg.norm(items, axis=1))]
+    queries = np.stack([-best * 100, np.zeros(dim, np.float32)]).astype(np.float32)
+    allowed = np.zeros(n, bool)
+    allowed[: n // 2] = True  # no zero item: every score the negative query gets is below 0
+    exact = ExactTopK(items)
+    none = [np.empty(0, np.int64)] * 2
+    found = exact.search(queries, [10, 10], none, allowed)
+    assert found[0][0].tolist() == _expected(queries[0], items, 10, none[0], allowed)
+    assert found[1][0].tolist() == list(range(10))  # all tie at 0: the first items
+    unit = np.ones((n, dim), np.float32) / np.sqrt(dim)
+    unit *= np.where(np.arange(n) % 2, 1, -1)[:, None].astype(np.float32)
+    alike = ExactTopK(unit)
+    got = alike.search(np.ones((1, dim), np.float32), [5], none[:1])[0][0]
+    assert got.tolist() == list(range(1, 11, 2))
+    assert alike.scored >= n
+
+
+def test_ties_met_out_of_item_order_are_settled_in_item_order() -> None:
+    """Equal scores from items of different norms reach the heap in norm order, not item
+    order: such a tie at the k-th place is scored again and settled by item."""
+    items = np.zeros((TILE_ITEMS * 2, 2), np.float32)
+    items[:, 0] = 1.0
+    items[:TILE_ITEMS, 1] = 0.0  # norm 1: scanned last
+    items[TILE_ITEMS:, 1] = 5.0  # norm ~5.1: scanned first; every item scores 1 on [1, 0]
+    exact = ExactTopK(items)
+    ids, _ = exact.search(np.array([[1.0, 0.0]], np.float32), [3], [np.empty(0, np.int64)])[0]
+    assert ids.tolist() == [0, 1, 2]
+    assert exact.rescored == 1
+
+
+def test_an_item_at_its_bound_is_found_in_the_last_tile() -> None:
+    """The bound is reached: the best item is parallel to the query and scanned last, behind
+    two tiles of larger items that all score just below it. Any tighter bound misses it."""
+    rng = np.random.default_rng(2)
+    dim = 8
+    big = rng.standard_normal((2 * TILE_ITEMS, dim)).astype(np.float32)
+    big[:, -1] = 0.0
+    big *= 3.0 / np.linalg.norm(big, axis=1, keepdims=True)
+    big[:, -1] = 0.49 - rng.random(len(big)) / 100  # scores 0.48-0.49 on e_last, norm ~3
+    small = rng.standard_normal((TILE_ITEMS, dim)).astype(np.float32)
+    small[:, -1] = 0.0
+    small *= 0.3 / np.linalg.norm(small, axis=1, keepdims=True)
+    small[77] = 0.0
+    small[77, -1] = 0.5  # norm 0.5, the largest of the last tile, and score 0.5
+    items = np.concatenate([big, small])
+    query = np.zeros((1, dim), np.float32)
+    query[0, -1] = 1.0
+    exact = ExactTopK(items)
+    ids, scores = exact.search(query, [2], [np.empty(0, np.int64)])[0]
+    assert ids.tolist() == [2 * TILE_ITEMS + 77, int(np.argmax(big[:, -1]))]
+    assert scores[0] == np.float32(0.5)
+    assert exact.rescored == 0
