@@ -501,6 +501,7 @@ def _serve_worker(
     readiness: PodReadiness,
 ) -> None:
     """One worker process: a whole server on the shared port."""
+    from .serving import collector
     from .serving.app import build_app
     from .serving.lifecycle import serve
     from .serving.metrics import ServerMetrics
@@ -523,6 +524,8 @@ def _serve_worker(
         workers_loading=readiness.loading,
     )
     registry.subscribe(lambda snapshot: readiness.set(snapshot.stable is not None))
+    # Each change of the loaded versions: what they hold out of the collector's sight.
+    registry.subscribe(lambda _: collector.settle())
     asyncio.run(
         serve(
             app, args.host, args.port, drain_seconds=args.drain_seconds,
