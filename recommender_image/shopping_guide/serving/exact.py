@@ -14,14 +14,19 @@ small batch cheap, which is what the micro-batcher mostly scores:
   most |query| x |item| (Cauchy-Schwarz), so once a query's k-th best score so far is above
   |query| x the largest norm of the tiles left, no item there can enter its top k. Trained
   models give the items shoppers choose the larger factors, and those are what top-k lists
-  hold, so most of a catalogue is never read (`scanned`, `scored` count it). A model whose
-  norms are all alike is scanned whole, as before. The scan grows by doubling runs of tiles,
-  each only for the queries still open and only as far as the largest of their bounds reaches.
-- The heap is faiss's (`HeapArray`), one call per run of tiles over the open queries' score
-  rows. Equal scores rank in item order, as everywhere in the server, whatever order the scan
-  meets them in: the heaps hold one place more than asked, and a query whose k-th score ties
-  with that extra place (equal scores may have been met in another order and turned away) is
-  scored again over every item and its tie settled in item order (`rescored` counts them).
+  hold, so much of a catalogue is never read (`searched` and `scored` count it). The scan is
+  two products: the first tile for every query, then as far as the largest bound its k-th
+  best leaves reaches, for the queries it leaves any (the k-th best only rises, so a second
+  check could only have stopped sooner). How much is skipped depends on the model: the
+  serving benchmark's synthetic 100k items (norms falling with popularity) are scored 17-21 %,
+  4 users in 0.7-0.9 ms instead of 3.1; an ALS model of Online Retail (64 factors) leaves 45 %
+  to score at item granularity, a BPR one 78 %; a model whose norms are all alike is scored
+  whole, as before, for the cost of one more product call.
+- The heap is faiss's (`HeapArray`), one call per product. Equal scores rank in item order, as
+  everywhere in the server, whatever order the scan meets them in: the heaps hold one place
+  more than asked, and a query whose k-th score ties with that extra place (equal scores may
+  have been met out of item order and turned away) is scored again over every item and its
+  tie settled in item order (`rescored` counts them).
 """
 
 from __future__ import annotations
@@ -171,37 +176,30 @@ class ExactTopK:
         places = self._places[blocked_items] if self._places is not None else blocked_items
         bounds = np.sqrt(np.einsum("ij,ij->i", queries, queries, dtype=np.float64))
         bounds *= 1 + BOUND_SLACK
+        # The first tile, for every query; then, as far as the largest bound reaches, for those
+        # it leaves open. The tiles a query needs are those whose largest norm could still beat
+        # its k-th best so far (its heap's top): as that only rises, the second run is the last.
+        first = self._scores(queries, 0, 1, blocked_rows, places, candidates)
+        self.scored += first.size
+        self._push(values, ids, np.arange(rows), first, 0)
         tiles = len(self._tile_norms)
-        open_rows = np.arange(rows)
-        first, run = 0, 1
-        while open_rows.size and first < tiles:
-            # The k-th best so far is each heap's top; the tiles a query still needs are those
-            # whose largest norm could still beat it.
-            # A query of norm 0 scores 0 everywhere: its first heap is all ties, settled below.
-            kth = values[open_rows, 0]
+        if tiles > 1:
+            kth = values[:, 0]
+            # A query of norm 0 scores 0 everywhere: its heap is all ties, settled below.
             with np.errstate(divide="ignore", invalid="ignore"):
-                reach = np.where(kth > EMPTY, kth / bounds[open_rows], -np.inf)
+                reach = np.where(kth > EMPTY, kth / bounds, -np.inf)
             reach = np.where(np.isnan(reach), np.inf, reach)
             need = np.searchsorted(-self._tile_norms, -reach, side="right")
-            still = need > first
-            open_rows, need = open_rows[still], need[still]
-            if not open_rows.size:
-                break
-            last = min(first + run, int(need.max()))
-            local = np.full(rows, -1)
-            local[open_rows] = np.arange(len(open_rows))
-            mine = local[blocked_rows] >= 0
-            scores = self._scores(
-                queries[open_rows],
-                first,
-                last,
-                local[blocked_rows[mine]],
-                places[mine],
-                candidates,
-            )
-            self.scored += scores.size
-            self._push(values, ids, open_rows, scores, first * self._tile_items)
-            first, run = last, run * 2
+            open_rows = np.flatnonzero(need > 1)
+            if open_rows.size:
+                last = int(need.max())
+                local = np.full(rows, -1)
+                local[open_rows] = np.arange(len(open_rows))
+                mine = local[blocked_rows] >= 0
+                mine_rows, mine_places = local[blocked_rows[mine]], places[mine]
+                rest = self._scores(queries[open_rows], 1, last, mine_rows, mine_places, candidates)
+                self.scored += rest.size
+                self._push(values, ids, open_rows, rest, self._tile_items)
         heaps.reorder()
         # reorder leaves equal scores in heap order: sort every row by (score, item) at once, so
         # a shorter k is a prefix. Empty places (id -1, the lowest score) sort last.
