@@ -8,7 +8,8 @@ from 200,000 items the server answers from its HNSW index, as it does in product
 In process, per size: one user's top-10 (p50/p99) through the server's exact scorer, its ANN
 index, implicit's own `recommend` and a numpy brute force; the server's batched path
 (`recommend_many`, one scoring thread); one exact top-10 at each batch size, the server's
-kernel against implicit's top-k, interleaved; and the physical reference, the same top-k for many
+kernel against implicit's top-k, interleaved, with the share of the catalogue the kernel
+scored (its scan stops where no item left can enter); and the physical reference, the same top-k for many
 users at once on every core: implicit's native batched top-k (exact) or faiss's multi-query
 search (ANN).
 
@@ -47,6 +48,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import scipy.sparse as sp
 
@@ -140,6 +142,10 @@ def in_process(root: Path, version: str, n_items: int, ann_build: float) -> dict
     if approx is not None:
         runs["server_ann"] = lambda u: approx.recommend(f"u{u}", K)
     out: dict[str, Any] = {"items": n_items, "calls": calls, "one_user_top10": {}}
+    # One thread, as a scoring thread runs (batcher._one_thread_each): BLAS, and faiss's
+    # OpenMP, whose heap calls otherwise spin up a team for a few rows.
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
     with threadpool_limits(1, "blas"):
         for name, call in runs.items():
             for u in users[:20]:
@@ -162,6 +168,7 @@ def in_process(root: Path, version: str, n_items: int, ann_build: float) -> dict
         )
         if approx is None:
             out["exact_top10_by_batch_size"] = _exact_by_batch_size(exact, users)
+    faiss.omp_set_num_threads(threads)
     if approx is not None:
         hits = 0
         sample = users[:500]  # fewer at 1M items: `calls` shrinks with the catalogue
@@ -212,7 +219,9 @@ def _exact_by_batch_size(served: ServingModel, users: np.ndarray) -> dict[str, A
     kernel = ExactTopK(model.item_factors)
     history = served.history
     times: dict[tuple[int, str], list[float]] = {}
-    for round_ in range(20):
+    scored: dict[int, int] = {}  # item scores the kernel computed (its scan stops early)
+    rounds = 20
+    for round_ in range(rounds):
         for size in BATCH_SIZES:
             chosen = users[(round_ * size) % len(users) :][:size]
             if len(chosen) < size:
@@ -221,9 +230,11 @@ def _exact_by_batch_size(served: ServingModel, users: np.ndarray) -> dict[str, A
             seen = history[chosen]
             blocked = [seen.indices[seen.indptr[i] : seen.indptr[i + 1]].astype(np.int64)
                        for i in range(size)]  # fmt: skip
+            before = kernel.scored
             t0 = time.perf_counter()
             kernel.search(vectors, [K] * size, blocked)
             t1 = time.perf_counter()
+            scored[size] = scored.get(size, 0) + kernel.scored - before
             topk(model.item_factors, vectors, K, filter_query_items=seen, num_threads=1)
             t2 = time.perf_counter()
             times.setdefault((size, "server"), []).append(t1 - t0)
@@ -234,7 +245,9 @@ def _exact_by_batch_size(served: ServingModel, users: np.ndarray) -> dict[str, A
             float(np.median(times[(size, n)])) * 1000 for n in ("server", "implicit")
         )
         out[str(size)] = {"server_ms": round(server, 3), "implicit_topk_ms": round(implicit, 3),
-                          "implicit_over_server": round(implicit / server, 2)}  # fmt: skip
+                          "implicit_over_server": round(implicit / server, 2),
+                          "server_scored_fraction": round(
+                              scored[size] / (rounds * size * kernel.n_items), 3)}  # fmt: skip
     return out
 
 
