@@ -9,9 +9,9 @@ In process, per size: one user's top-10 (p50/p99) through the server's exact sco
 index, implicit's own `recommend` and a numpy brute force; the server's batched path
 (`recommend_many`, one scoring thread); one exact top-10 at each batch size, the server's
 kernel against implicit's top-k, interleaved, with the share of the catalogue the kernel
-scored (its scan stops where no item left can enter); and the physical reference, the same top-k for many
-users at once on every core: implicit's native batched top-k (exact) or faiss's multi-query
-search (ANN).
+scored (its scan stops where no item left can enter); and the physical reference, the same
+top-k for many users at once on every core: implicit's native batched top-k (exact, every
+item scored) or faiss's multi-query search (ANN).
 
 Over HTTP, per size, one server (a pod: its supervisor and worker processes, on every CPU of
 this machine, shared with the load generators), in the same run: first one worker with
@@ -21,7 +21,8 @@ it sustains (wrk, closed loop, random known users, CONNECTIONS connections), wit
 its workers' event loops and scoring threads spent per request; then latency under open-loop
 Poisson load (benchmarks/load.py) at fractions of that maximum, and at one low rate common to
 all, with the users per batch and the mean wait for a batch and batch time (the server's
-histograms); and the memory of each worker (RSS, and PSS: shared pages divided among the processes
+histograms), the generator's own CPU time per request and how busy the machine's CPUs were
+(near 1.0, queueing and so p99 climb steeply whatever the server does); and the memory of each worker (RSS, and PSS: shared pages divided among the processes
 that map them); and, batching, how long /healthz and /readyz take to answer while the
 largest request the server takes (1,000 users x k=100) is scored. The summary gives the
 ratios the serving targets are stated in (over the per-request path, and over the physical
@@ -402,6 +403,16 @@ def _wait_idle(port: int, timeout: float = 30.0) -> None:
     raise SystemExit(f"the server still had work queued {timeout:.0f} s after the load stopped")
 
 
+def _machine_busy(since: tuple[int, int] | None = None) -> Any:
+    """The machine's CPU jiffies (busy, all) now, or with `since` the busy fraction since."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total, idle = sum(values[:8]), values[3] + values[4]  # idle and iowait
+    now = (total - idle, total)
+    if since is None:
+        return now
+    return (now[0] - since[0]) / max(1, now[1] - since[1])
+
+
 def open_loop_at(port: int, rate: float, pids: list[int]) -> dict[str, Any]:
     def request(n: int) -> bytes:
         user = (n * 7919) % USERS
@@ -410,7 +421,9 @@ def open_loop_at(port: int, rate: float, pids: list[int]) -> dict[str, Any]:
 
     _wait_idle(port)
     cpu, totals = _thread_cpu(pids), _scoring_totals(port)
+    busy, generator = _machine_busy(), time.process_time()
     outcome = asyncio.run(open_loop("127.0.0.1", port, request, rate, OPEN_LOOP_SECONDS))
+    generator, busy = time.process_time() - generator, _machine_busy(busy)
     cpu_after, totals_after = _thread_cpu(pids), _scoring_totals(port)
     answered = max(1, len(outcome.latencies))
     users = _mean_of(totals, totals_after, "batch_users")
@@ -425,7 +438,11 @@ def open_loop_at(port: int, rate: float, pids: list[int]) -> dict[str, Any]:
         "cpu_ms_per_request": {
             "event_loop": round((cpu_after[0] - cpu[0]) * 1000 / answered, 3),
             "scoring_threads": round((cpu_after[1] - cpu[1]) * 1000 / answered, 3),
+            "load_generator": round(generator * 1000 / answered, 3),
         },
+        # How busy the whole machine's CPUs were meanwhile (1.0: all of them, all the time):
+        # the server, the generator and whatever else ran. Queueing grows steeply near 1.
+        "machine_cpu_busy": round(busy, 3),
         "users_per_batch": None if users is None else round(users, 2),
         # Where a batched request's time went, on average: waiting for its batch to start,
         # then the batch, to its answers back on the event loop (the server's histograms).
@@ -531,6 +548,9 @@ def over_http(root: Path, n_items: int, versions: list[str], bound: float) -> di
         "recommendations_per_second_per_core": round(top / cpus()),
         "p50_p99_ms_batching_workers": {
             name: [point["p50_ms"], point["p99_ms"]] for name, point in pod["open_loop"].items()
+        },
+        "machine_cpu_busy_batching_workers": {
+            name: point["machine_cpu_busy"] for name, point in pod["open_loop"].items()
         },
         "p99_ms_low_load": {mode: out[mode]["open_loop"][LOW]["p99_ms"] for mode in modes},
         "pss_mb_total": {mode: out[mode]["memory"]["pss_mb_total"] for mode in modes},
