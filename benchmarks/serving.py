@@ -22,11 +22,11 @@ its workers' event loops and scoring threads spent per request; then latency und
 Poisson load (benchmarks/load.py) at fractions of that maximum, and at one low rate common to
 all, with the users per batch and the mean wait for a batch and batch time (the server's
 histograms), the generator's own CPU time per request and how busy the machine's CPUs were
-(near 1.0, queueing and so p99 climb steeply whatever the server does); and the memory of each worker (RSS, and PSS: shared pages divided among the processes
-that map them); and, batching, how long /healthz and /readyz take to answer while the
-largest request the server takes (1,000 users x k=100) is scored. The summary gives the
-ratios the serving targets are stated in (over the per-request path, and over the physical
-bound).
+(near 1.0, queueing and so p99 climb steeply whatever the server does); and the memory of each
+worker (RSS, and PSS: shared pages divided among the processes that map them); and, batching,
+how long /healthz and /readyz take to answer while the largest request the server takes (1,000
+users x k=100) is scored. The summary gives the ratios the serving targets are stated in (over
+the per-request path, and over the physical bound).
 """
 
 from __future__ import annotations
