@@ -16,17 +16,19 @@ item scored) or faiss's multi-query search (ANN).
 Over HTTP, per size, one server (a pod: its supervisor and worker processes, on every CPU of
 this machine, shared with the load generators), in the same run: first one worker with
 --no-batching (each request scored alone: the per-request path, the baseline), then one worker
-with batching, then one worker per CPU with batching (the default). For each, the highest rate
-it sustains (wrk, closed loop, random known users, CONNECTIONS connections), with the CPU time
-its workers' event loops and scoring threads spent per request; then latency under open-loop
-Poisson load (benchmarks/load.py) at fractions of that maximum, and at one low rate common to
-all, with the users per batch and the mean wait for a batch and batch time (the server's
-histograms), the generator's own CPU time per request and how busy the machine's CPUs were
-(near 1.0, queueing and so p99 climb steeply whatever the server does); and the memory of each
-worker (RSS, and PSS: shared pages divided among the processes that map them); and, batching,
-how long /healthz and /readyz take to answer while the largest request the server takes (1,000
-users x k=100) is scored. The summary gives the ratios the serving targets are stated in (over
-the per-request path, and over the physical bound).
+with batching, then one worker per CPU with batching (the default), and, on two CPUs or more, a
+one-CPU pod: the server on one CPU with its defaults (one worker), this process and so the load
+generators on the others. For each, the highest rate it sustains (wrk, closed loop, random
+known users, CONNECTIONS connections), with the CPU time its workers' event loops and scoring
+threads spent per request; then latency under open-loop Poisson load (benchmarks/load.py) at
+fractions of that maximum, and at one low rate common to all, with the users per batch and the
+mean wait for a batch and batch time (the server's histograms), the generator's own CPU time
+per request and how busy the machine's CPUs were (near 1.0, queueing and so p99 climb steeply
+whatever the server does); and the memory of each worker (RSS, and PSS: shared pages divided
+among the processes that map them); and, batching, how long /healthz and /readyz take to answer
+while the largest request the server takes (1,000 users x k=100) is scored. The summary gives
+the ratios the serving targets are stated in (over the per-request path, and over the physical
+bound).
 """
 
 from __future__ import annotations
@@ -269,17 +271,26 @@ def _wait_ready(url: str, server: subprocess.Popen[bytes], timeout: float = 300)
 
 
 @contextmanager
-def _server(root: Path, routing: Path, port: int, *flags: str) -> Iterator[list[int]]:
+def _server(
+    root: Path, routing: Path, port: int, *flags: str, on: set[int] | None = None
+) -> Iterator[list[int]]:
+    """The server, on the CPUs `on` (default: all), and this thread, so the load generators
+    it starts, on the others meanwhile: a pod with CPUs of its own and its clients elsewhere."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    mine = os.sched_getaffinity(0)
+    pin = ["taskset", "-c", ",".join(map(str, sorted(on)))] if on else []
     server = subprocess.Popen(
-        [sys.executable, "-m", "shopping_guide.cli", "serve", "--model-store", str(root),
+        [*pin, sys.executable, "-m", "shopping_guide.cli", "serve", "--model-store", str(root),
          "--routing", str(routing), "--host", "127.0.0.1", "--port", str(port), *flags],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
+        if on:
+            os.sched_setaffinity(0, mine - on)
         _wait_ready(f"http://127.0.0.1:{port}", server)
         yield _workers(server.pid)
     finally:
+        os.sched_setaffinity(0, mine)
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
 
@@ -421,9 +432,10 @@ def open_loop_at(port: int, rate: float, pids: list[int]) -> dict[str, Any]:
 
     _wait_idle(port)
     cpu, totals = _thread_cpu(pids), _scoring_totals(port)
-    busy, generator = _machine_busy(), time.process_time()
+    busy, generator, started = _machine_busy(), time.process_time(), time.perf_counter()
     outcome = asyncio.run(open_loop("127.0.0.1", port, request, rate, OPEN_LOOP_SECONDS))
     generator, busy = time.process_time() - generator, _machine_busy(busy)
+    elapsed = time.perf_counter() - started  # past the schedule while a backlog drains
     cpu_after, totals_after = _thread_cpu(pids), _scoring_totals(port)
     answered = max(1, len(outcome.latencies))
     users = _mean_of(totals, totals_after, "batch_users")
@@ -435,6 +447,8 @@ def open_loop_at(port: int, rate: float, pids: list[int]) -> dict[str, Any]:
         "requests": len(outcome.latencies),
         "errors": outcome.errors,
         **percentiles(outcome.latencies),
+        # The server's CPU seconds per second (1.0: one CPU's worth).
+        "server_cpus_busy": round((cpu_after[0] - cpu[0] + cpu_after[1] - cpu[1]) / elapsed, 3),
         "cpu_ms_per_request": {
             "event_loop": round((cpu_after[0] - cpu[0]) * 1000 / answered, 3),
             "scoring_threads": round((cpu_after[1] - cpu[1]) * 1000 / answered, 3),
@@ -513,9 +527,13 @@ def over_http(root: Path, n_items: int, versions: list[str], bound: float) -> di
         "batching_1_worker": ["--workers", "1"],
         f"batching_{workers}_workers": ["--workers", str(workers)],
     }
+    # A one-CPU pod, its clients on the other CPUs: latency without the generators competing
+    # for the server's CPU (its defaults: one worker, one scoring thread).
+    own = {max(os.sched_getaffinity(0))} if workers > 1 else None
+    pinned: dict[str, list[str]] = {"own_cpu_pod": []} if own else {}
     low_rate = 0.0
-    for mode, flags in modes.items():
-        with _server(root, routing, port, *flags) as pids:
+    for mode, flags in {**modes, **pinned}.items():
+        with _server(root, routing, port, *flags, on=own if mode in pinned else None) as pids:
             # The machine is shared: how busy it was says how far to trust the numbers.
             result: dict[str, Any] = {"flags": " ".join(flags), "load_average_1m_before":
                                       round(os.getloadavg()[0], 2)}  # fmt: skip
@@ -556,6 +574,18 @@ def over_http(root: Path, n_items: int, versions: list[str], bound: float) -> di
         "pss_mb_total": {mode: out[mode]["memory"]["pss_mb_total"] for mode in modes},
         "probe_max_ms_while_largest_request": pod["probes_while_largest_request"]["max_ms"],
     }
+    if pinned:
+        alone = out["own_cpu_pod"]
+        out["summary"]["own_cpu_pod"] = {
+            "max_rps": alone["max"]["requests_per_second"],
+            "p50_p99_ms": {
+                name: [point["p50_ms"], point["p99_ms"]]
+                for name, point in alone["open_loop"].items()
+            },
+            "server_cpus_busy": {
+                name: point["server_cpus_busy"] for name, point in alone["open_loop"].items()
+            },
+        }
     return out
 
 
