@@ -66,7 +66,8 @@ class ExactTopK:
         self.n_items = n
         self.dim = dim
         # Work done, for benchmarks and the tests of pruning: queries searched, items scored for
-        # them (at most queries x items), and queries scored again to settle a tie.
+        # them (at most queries x items), and queries scored again to settle a tie. Plain
+        # counters: several scoring threads at once may lose a count, never an answer.
         self.searched = 0
         self.scored = 0
         self.rescored = 0
