@@ -525,7 +525,8 @@ def _serve_worker(
     )
     registry.subscribe(lambda snapshot: readiness.set(snapshot.stable is not None))
     # Each change of the loaded versions: what they hold out of the collector's sight.
-    registry.subscribe(lambda _: collector.settle())
+    settle = collector.Settler()
+    registry.subscribe(lambda snapshot: settle(snapshot.models.values()))
     asyncio.run(
         serve(
             app, args.host, args.port, drain_seconds=args.drain_seconds,

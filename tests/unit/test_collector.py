@@ -47,3 +47,18 @@ def test_settle_frees_dropped_cycles_and_freezes_the_survivors() -> None:
     del c, d, kept[:2]
     collector.settle()
     assert second() is None
+
+
+def test_the_settler_settles_only_when_the_loaded_versions_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(collector, "settle", lambda: calls.append(1))
+    settle = collector.Settler()
+    stable, canary, rewritten = _Node(), _Node(), _Node()
+    settle([stable])
+    settle([stable])  # the routing changed, the loaded versions did not
+    settle([stable, canary])
+    settle([canary, stable])
+    settle([rewritten, canary])
+    assert len(calls) == 3
