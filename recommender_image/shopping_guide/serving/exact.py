@@ -99,7 +99,6 @@ class ExactTopK:
             self._tile_norms = np.full(1, np.inf)
             self._ids = np.arange(width, dtype=np.int64)
             self._places = None
-        self._width = width
 
     def search(
         self,
@@ -118,6 +117,10 @@ class ExactTopK:
             end = min(len(queries), start + MAX_ROWS)
             out += self._search(queries[start:end], ks[start:end], blocked[start:end], candidates)
         return out
+
+    def _place_of(self, items: IntArray) -> IntArray:
+        """Where the scan meets each of `items`: its place in the norm order when tiled."""
+        return self._places[items] if self._places is not None else items
 
     def _scores(
         self,
@@ -174,7 +177,7 @@ class ExactTopK:
         heaps.heapify()
         blocked_rows = np.repeat(np.arange(rows), [len(items) for items in blocked])
         blocked_items = np.concatenate(blocked).astype(np.int64, copy=False)
-        places = self._places[blocked_items] if self._places is not None else blocked_items
+        places = self._place_of(blocked_items)
         bounds = np.sqrt(np.einsum("ij,ij->i", queries, queries, dtype=np.float64))
         bounds *= 1 + BOUND_SLACK
         # The first tile, for every query; then, as far as the largest bound reaches, for those
@@ -185,10 +188,10 @@ class ExactTopK:
         self._push(values, ids, np.arange(rows), first, 0)
         tiles = len(self._tile_norms)
         if tiles > 1:
-            kth = values[:, 0]
+            tops = values[:, 0]  # each query's k-th best so far
             # A query of norm 0 scores 0 everywhere: its heap is all ties, settled below.
             with np.errstate(divide="ignore", invalid="ignore"):
-                reach = np.where(kth > EMPTY, kth / bounds, -np.inf)
+                reach = np.where(tops > EMPTY, tops / bounds, -np.inf)
             reach = np.where(np.isnan(reach), np.inf, reach)
             need = np.searchsorted(-self._tile_norms, -reach, side="right")
             open_rows = np.flatnonzero(need > 1)
@@ -213,10 +216,11 @@ class ExactTopK:
         out: list[tuple[IntArray, FloatArray]] = []
         for row in range(rows):
             k = min(ks[row], int(filled[row]))
-            kth = values[row, k - 1]
             if k <= 0:
                 out.append(_nothing())
-            elif full[row] and kth == values[row, -1]:
+                continue
+            kth = values[row, k - 1]
+            if full[row] and kth == values[row, -1]:
                 out.append(self._settle(queries[row], k, kth, blocked[row], candidates))
             else:
                 out.append((ids[row, :k], values[row, :k]))
@@ -255,7 +259,7 @@ class ExactTopK:
         and those at or above the k-th score ranked by (score, item). The scores are those of
         another product shape, which may round differently, hence the tolerance."""
         self.rescored += 1
-        places = self._places[blocked] if self._places is not None else blocked
+        places = self._place_of(blocked)
         tiles = len(self._tile_norms)
         rows = np.zeros(len(blocked), np.int64)
         scores = self._scores(query[None], 0, tiles, rows, places, candidates)[0]
