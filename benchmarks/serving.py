@@ -414,14 +414,11 @@ def _wait_idle(port: int, timeout: float = 30.0) -> None:
     raise SystemExit(f"the server still had work queued {timeout:.0f} s after the load stopped")
 
 
-def _machine_busy(since: tuple[int, int] | None = None) -> Any:
-    """The machine's CPU jiffies (busy, all) now, or with `since` the busy fraction since."""
+def _cpu_jiffies() -> tuple[int, int]:
+    """The machine's CPU time so far, all CPUs: (busy, total), in clock ticks."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     total, idle = sum(values[:8]), values[3] + values[4]  # idle and iowait
-    now = (total - idle, total)
-    if since is None:
-        return now
-    return (now[0] - since[0]) / max(1, now[1] - since[1])
+    return total - idle, total
 
 
 def open_loop_at(port: int, rate: float, pids: list[int]) -> dict[str, Any]:
@@ -432,9 +429,10 @@ def open_loop_at(port: int, rate: float, pids: list[int]) -> dict[str, Any]:
 
     _wait_idle(port)
     cpu, totals = _thread_cpu(pids), _scoring_totals(port)
-    busy, generator, started = _machine_busy(), time.process_time(), time.perf_counter()
+    jiffies, generator, started = _cpu_jiffies(), time.process_time(), time.perf_counter()
     outcome = asyncio.run(open_loop("127.0.0.1", port, request, rate, OPEN_LOOP_SECONDS))
-    generator, busy = time.process_time() - generator, _machine_busy(busy)
+    generator, jiffies_after = time.process_time() - generator, _cpu_jiffies()
+    busy = (jiffies_after[0] - jiffies[0]) / max(1, jiffies_after[1] - jiffies[1])
     elapsed = time.perf_counter() - started  # past the schedule while a backlog drains
     cpu_after, totals_after = _thread_cpu(pids), _scoring_totals(port)
     answered = max(1, len(outcome.latencies))
