@@ -21,14 +21,14 @@ one-CPU pod: the server on one CPU with its defaults (one worker), this process 
 generators on the others. For each, the highest rate it sustains (wrk, closed loop, random
 known users, CONNECTIONS connections), with the CPU time its workers' event loops and scoring
 threads spent per request; then latency under open-loop Poisson load (benchmarks/load.py) at
-fractions of that maximum, and at one low rate common to all, with the users per batch and the
-mean wait for a batch and batch time (the server's histograms), the generator's own CPU time
-per request and how busy the machine's CPUs were (near 1.0, queueing and so p99 climb steeply
-whatever the server does); and the memory of each worker (RSS, and PSS: shared pages divided
-among the processes that map them); and, batching, how long /healthz and /readyz take to answer
-while the largest request the server takes (1,000 users x k=100) is scored. The summary gives
-the ratios the serving targets are stated in (over the per-request path, and over the physical
-bound).
+fractions of that maximum (half of it HALF_RUNS times, each run's p99 kept) and at one low rate
+common to all, with the users per batch and the mean wait for a batch and batch time (the
+server's histograms), the generator's own CPU time per request and how busy the machine's CPUs
+were (near 1.0, queueing and so p99 climb steeply whatever the server does); and the memory of
+each worker (RSS, and PSS: shared pages divided among the processes that map them); and,
+batching, how long /healthz and /readyz take to answer while the largest request the server
+takes (1,000 users x k=100) is scored. The summary gives the ratios the serving targets are
+stated in (over the per-request path, and over the physical bound).
 """
 
 from __future__ import annotations
@@ -72,6 +72,11 @@ WRK_SECONDS = 10
 OPEN_LOOP_SECONDS = 8
 LUA = Path(__file__).with_name("random_users.lua")
 LOW = "low (10% of the per-request maximum)"
+HALF = "50% of this maximum"
+# Where the latency target is stated (p99 at half the maximum) and where the machine's noise
+# moves p99 the most (this same point ran 10-35 ms on one machine in one hour): run several
+# times, each run's p99 reported and the median run's point kept.
+HALF_RUNS = 3
 
 
 def cpus() -> int:
@@ -465,6 +470,14 @@ def open_loop_at(port: int, rate: float, pids: list[int]) -> dict[str, Any]:
     }
 
 
+def _median_of_runs(port: int, rate: float, pids: list[int], runs: int) -> dict[str, Any]:
+    points = [open_loop_at(port, rate, pids) for _ in range(runs)]
+    if runs == 1:
+        return points[0]
+    ranked = sorted(points, key=lambda point: point["p99_ms"])
+    return {**ranked[runs // 2], "p99_ms_each_run": [point["p99_ms"] for point in points]}
+
+
 # The largest request the server takes: 1,000 users x k=100 (its scored-row bound).
 LARGEST = json.dumps({"user_ids": [f"u{u}" for u in range(1000)], "k": 100}).encode()
 PROBE_TARGET_MS = 50.0  # what /healthz and /readyz must answer within meanwhile
@@ -542,10 +555,11 @@ def over_http(root: Path, n_items: int, versions: list[str], bound: float) -> di
             rates = {LOW: low_rate}
             if mode != "per_request":  # there the low rate is its 10%
                 rates["10% of this maximum"] = 0.1 * top
-            rates["50% of this maximum"] = 0.5 * top
+            rates[HALF] = 0.5 * top
             rates["90% of this maximum"] = 0.9 * top
             result["open_loop"] = {
-                name: open_loop_at(port, rate, pids) for name, rate in rates.items()
+                name: _median_of_runs(port, rate, pids, HALF_RUNS if name == HALF else 1)
+                for name, rate in rates.items()
             }
             if mode != "per_request":
                 result["probes_while_largest_request"] = probes_while_largest(port)
@@ -564,6 +578,9 @@ def over_http(root: Path, n_items: int, versions: list[str], bound: float) -> di
         "recommendations_per_second_per_core": round(top / cpus()),
         "p50_p99_ms_batching_workers": {
             name: [point["p50_ms"], point["p99_ms"]] for name, point in pod["open_loop"].items()
+        },
+        "p99_ms_each_run_at_half_of_the_maximum": {
+            mode: out[mode]["open_loop"][HALF]["p99_ms_each_run"] for mode in [*modes, *pinned]
         },
         "machine_cpu_busy_batching_workers": {
             name: point["machine_cpu_busy"] for name, point in pod["open_loop"].items()
