@@ -6,15 +6,23 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from shopping_guide.artifacts import ModelStore
 from shopping_guide.serving.app import build_app
-from shopping_guide.serving.lifecycle import serve
+from shopping_guide.serving.lifecycle import (
+    _SO_ATTACH_FILTER,
+    _drop_new_connections,
+    _program,
+    listener,
+    serve,
+)
 from shopping_guide.serving.registry import Registry
 from tests.server.conftest import Models, RoutingDir, free_port
 
@@ -89,3 +97,30 @@ async def test_sigterm_drains_kept_alive_and_in_flight_requests_then_stops(
             assert response.status == 200 and (await response.json())["done"] is True
             response.release()
     await asyncio.wait_for(server, 10)
+
+
+def test_the_stop_filter_turns_new_connections_away_and_keeps_the_queued_ones() -> None:
+    """The listener's filter before it closes: a new connection's SYN is dropped (the client
+    times out, having sent nothing), a connection already queued is accepted with its request."""
+    sock = listener("127.0.0.1", 0, reuse_port=False)
+    address = sock.getsockname()
+    queued = socket.create_connection(address, timeout=5)
+    queued.sendall(b"GET")
+    assert _drop_new_connections(sock)
+    late = socket.socket()
+    late.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        late.connect(address)
+    late.close()
+    sock.setblocking(True)
+    sock.settimeout(5)
+    accepted, _ = sock.accept()
+    accepted.settimeout(5)
+    assert accepted.recv(3) == b"GET"
+    # The filter a connection whose handshake ends after the listener took it inherits: only
+    # SYNs are dropped, not the ACKs and data of a connection under way.
+    accepted.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, _program())
+    queued.sendall(b" / HTTP/1.1")
+    assert accepted.recv(11) == b" / HTTP/1.1"
+    for s in (queued, accepted, sock):
+        s.close()
