@@ -36,8 +36,10 @@ from .app import start_draining
 
 log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# How long the queue of completed connections may take to be accepted, and then how long their
-# requests get to arrive before idle connections are closed.
+# Once new connections are dropped: how long handshakes under way get to join the queue of
+# completed connections (a round trip or so), how long that queue may take to be accepted, and
+# then how long their requests get to arrive before idle connections are closed.
+HANDSHAKE_SECONDS = 0.05
 ACCEPT_TIMEOUT_SECONDS = 1.0
 FIRST_REQUEST_SECONDS = 0.05
 
@@ -99,8 +101,7 @@ async def _stop_taking_connections(sock: socket.socket) -> None:
         return
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ACCEPT_TIMEOUT_SECONDS
-    # Handshakes under way when the filter went on join the queue within a round trip.
-    await asyncio.sleep(FIRST_REQUEST_SECONDS)
+    await asyncio.sleep(HANDSHAKE_SECONDS)
     while _accept_queue(sock) and loop.time() < deadline:
         await asyncio.sleep(0.005)
     await asyncio.sleep(FIRST_REQUEST_SECONDS)
